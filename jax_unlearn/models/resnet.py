@@ -1,0 +1,106 @@
+"""torchvision's ResNet-18, written in Flax linen, parameter for parameter.
+
+Module names follow torchvision's state-dict keys (``layer1.0.conv1`` is ``layer1_0/conv1``) so that the
+converter is a table of renames, and initialisers follow ``torchvision.models.resnet``:
+Kaiming-normal (fan_out, ReLU) convolutions, unit/zero BatchNorm, and ``nn.Linear``'s default
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the classifier.
+
+Reference: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016;
+torchvision/models/resnet.py (``resnet18(weights=None, num_classes=N)``).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jax_unlearn.models.batchnorm import BatchNorm
+
+# torchvision: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu") -> N(0, 2 / fan_out), untruncated.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _torch_linear_bias_init(fan_in: int):
+    """nn.Linear's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convs with BN/ReLU and an identity or 1×1/stride projection shortcut (torchvision BasicBlock)."""
+
+    features: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, mask=None):
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        norm = functools.partial(BatchNorm, dtype=self.dtype)
+        y = conv(self.features, (3, 3), (self.strides,) * 2, padding=((1, 1), (1, 1)), name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y, train=train, mask=mask))
+        y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+        y = norm(name="bn2")(y, train=train, mask=mask)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = conv(self.features, (1, 1), (self.strides,) * 2, padding="VALID", name="downsample_0")(x)
+            x = norm(name="downsample_1")(x, train=train, mask=mask)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """A torchvision-layout ResNet of BasicBlocks.
+
+    Input: NHWC float images already normalised by the caller (the data layer owns normalisation).
+    Output: logits (N, num_classes) float32. ``mask`` (N,) excludes padded examples from BatchNorm
+    statistics in train mode (the loss must be masked by the caller too).
+
+    ``stem='imagenet'`` is torchvision's 7×7/2 conv + 3×3/2 max-pool; ``stem='cifar'`` is the common CIFAR
+    research variant (3×3/1 conv, no max-pool), i.e. torch ``conv1 = Conv2d(3, 64, 3, 1, 1, bias=False)``
+    and ``maxpool = Identity()``.
+    """
+
+    stage_sizes: Sequence[int]
+    num_classes: int = 10
+    stem: Literal["imagenet", "cifar"] = "imagenet"
+    dtype: Any = jnp.float32  # compute dtype; params, BN statistics and logits stay float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, mask=None):
+        x = x.astype(self.dtype)
+        if self.stem == "imagenet":
+            x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, kernel_init=conv_init,
+                        dtype=self.dtype, name="conv1")(x)
+        elif self.stem == "cifar":
+            x = nn.Conv(64, (3, 3), (1, 1), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=conv_init,
+                        dtype=self.dtype, name="conv1")(x)
+        else:
+            raise ValueError(f"unknown stem {self.stem!r}; valid: 'imagenet', 'cifar'")
+        x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train=train, mask=mask))
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        for stage, blocks in enumerate(self.stage_sizes):
+            for block in range(blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(64 * 2**stage, strides, dtype=self.dtype,
+                               name=f"layer{stage + 1}_{block}")(x, train=train, mask=mask)
+        x = jnp.mean(x.astype(jnp.promote_types(self.dtype, jnp.float32)), axis=(1, 2))
+        fan_in = x.shape[-1]
+        return nn.Dense(self.num_classes, kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                        bias_init=_torch_linear_bias_init(fan_in), name="fc")(x)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
+ResNet18.__doc__ = "torchvision ``resnet18(weights=None, num_classes=N)`` as a Flax module (see :class:`ResNet`)."
+
+
+def init_variables(model: nn.Module, key: jax.Array, image_size: int = 32):
+    """Fresh ``{'params', 'batch_stats'}`` for ``model`` from a typed PRNG ``key`` (torchvision's init)."""
+    return model.init(key, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)

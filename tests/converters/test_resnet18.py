@@ -1,0 +1,153 @@
+"""Converter tests: exact logits, bit-identical round trips, strictness, safe loading."""
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import converters
+from converters import CheckpointError
+from jax_unlearn.models import ResNet18
+from torch_reference import nchw, random_torch_resnet18, rel_err
+
+
+@pytest.mark.parametrize("stem,num_classes,seed", [("imagenet", 10, 0), ("imagenet", 7, 1), ("cifar", 10, 2)])
+def test_eval_logits_match_torchvision(stem, num_classes, seed):
+    net = random_torch_resnet18(seed, num_classes, stem).eval()
+    x = np.random.default_rng(seed).normal(size=(8, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = net(nchw(x)).numpy()
+    variables = converters.torch_to_flax(net.state_dict())
+    got = ResNet18(num_classes=num_classes, stem=stem).apply(variables, jnp.asarray(x), train=False)
+    assert got.shape == want.shape
+    assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+def test_pth_flax_pth_is_bit_identical_and_loads_strict(tmp_path, stem):
+    net = random_torch_resnet18(3, 10, stem)
+    path = tmp_path / "in.pth"
+    torch.save(net.state_dict(), path)
+    sd = converters.load_torch_checkpoint(path)
+    back = converters.flax_to_torch(converters.torch_to_flax(sd))
+    assert list(back) == list(net.state_dict())
+    for k, v in net.state_dict().items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape, k
+        assert torch.equal(back[k], v), k
+    fresh = torchvision.models.resnet18(num_classes=10)
+    if stem == "cifar":
+        fresh.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        fresh.maxpool = torch.nn.Identity()
+    fresh.load_state_dict(back, strict=True)
+
+
+@pytest.mark.parametrize("suffix", [".msgpack", "_orbax"])
+def test_convert_files_both_directions(tmp_path, suffix):
+    net = random_torch_resnet18(4)
+    src = tmp_path / "model.pth"
+    torch.save(net.state_dict(), src)
+    mid = tmp_path / f"model{suffix}"
+    out = tmp_path / "again.pth"
+    converters.convert_file(src, mid)
+    converters.convert_file(mid, out)
+    again = torch.load(out, weights_only=True)
+    assert all(torch.equal(again[k], v) for k, v in net.state_dict().items())
+    assert list(again) == list(net.state_dict())
+
+
+def test_wrappers_are_accepted():
+    sd = random_torch_resnet18(5).state_dict()
+    want = converters.torch_to_flax(sd)
+    for wrapped in ({"state_dict": sd}, {f"module.{k}": v for k, v in sd.items()}):
+        got = converters.torch_to_flax(wrapped)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+
+
+def test_missing_and_unexpected_keys_are_named():
+    sd = dict(random_torch_resnet18(6).state_dict())
+    del sd["layer2.0.downsample.1.running_var"]
+    sd["layer5.0.conv1.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"layer2\.0\.downsample\.1\.running_var.*layer5\.0\.conv1\.weight"):
+        converters.torch_to_flax(sd)
+
+
+def test_wrong_num_classes_and_wrong_shapes_and_other_resnets_fail():
+    sd = random_torch_resnet18(7, num_classes=7).state_dict()
+    with pytest.raises(CheckpointError, match="7 classes; expected 10"):
+        converters.torch_to_flax(sd, num_classes=10)
+    bad = dict(random_torch_resnet18(7).state_dict())
+    bad["layer3.1.conv2.weight"] = torch.zeros(256, 256, 1, 1)
+    with pytest.raises(CheckpointError, match=r"layer3\.1\.conv2\.weight"):
+        converters.torch_to_flax(bad)
+    with pytest.raises(CheckpointError, match="unexpected keys"):
+        converters.torch_to_flax(torchvision.models.resnet34(num_classes=10).state_dict())
+    with pytest.raises(CheckpointError, match="missing keys"):
+        converters.torch_to_flax(torchvision.models.resnet50(num_classes=10).state_dict())
+
+
+def test_flax_side_is_strict_too():
+    variables = converters.torch_to_flax(random_torch_resnet18(8).state_dict())
+    variables["params"]["extra"] = {"kernel": np.zeros(3)}
+    with pytest.raises(CheckpointError, match="params/extra/kernel"):
+        converters.flax_to_torch(variables)
+    del variables["params"]["extra"]
+    del variables["batch_stats"]["layer4_1"]["bn2"]["var"]
+    with pytest.raises(CheckpointError, match="batch_stats/layer4_1/bn2/var"):
+        converters.flax_to_torch(variables)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_PICKLE",))
+
+
+def test_pickle_with_code_is_refused_not_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Exploit()}, f)
+    torch.save({"a": _Exploit()}, tmp_path / "evil2.pth")
+    for p in (path, tmp_path / "evil2.pth"):
+        with pytest.raises(CheckpointError, match="refused|not a readable"):
+            converters.load_torch_checkpoint(p)
+    assert not (tmp_path / "PWNED_BY_PICKLE").exists()
+
+
+def test_missing_file_and_garbage_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        converters.load_torch_checkpoint(tmp_path / "nope.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        converters.load_torch_checkpoint(tmp_path / "junk.pth")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.pth"
+    target.write_bytes(b"old")
+
+    def boom(tmp):
+        open(tmp, "wb").write(b"partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        converters.atomic_write(target, boom)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.pth"]
+
+
+def test_convert_refuses_same_kind_on_both_sides(tmp_path):
+    with pytest.raises(ValueError, match="must be a .pth"):
+        converters.convert_file(tmp_path / "a.pth", tmp_path / "b.pth")
+
+
+def test_converted_arrays_do_not_alias_torch_memory():
+    net = random_torch_resnet18(9)
+    variables = converters.torch_to_flax(net.state_dict())
+    before = np.array(variables["params"]["bn1"]["scale"])
+    with torch.no_grad():
+        net.bn1.weight.add_(1.0)
+    np.testing.assert_array_equal(variables["params"]["bn1"]["scale"], before)
