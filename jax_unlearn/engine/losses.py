@@ -1,0 +1,34 @@
+"""Loss helpers shared by every recipe and method (masked, so padded batch slots count for nothing)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits, labels, mask=None, class_weights=None):
+    """torch ``F.cross_entropy(logits, labels, weight=class_weights)`` with mean reduction over unmasked rows.
+
+    With weights torch divides by the summed weights of the batch's labels:
+    ``sum_i m_i w_{y_i} l_i / sum_i m_i w_{y_i}``. logits (B, C), labels (B,), mask (B,) bool or None.
+    """
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    weights = jnp.ones_like(losses) if class_weights is None else class_weights[labels]
+    if mask is not None:
+        weights = weights * mask
+    return jnp.sum(weights * losses) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def masked_mean(values, mask=None):
+    """Mean of ``values`` (B,) over rows where ``mask`` is true (all rows when None)."""
+    if mask is None:
+        return jnp.mean(values)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def kl_divergence(student_logits, teacher_logits, mask=None, temperature=1.0):
+    """torch ``F.kl_div(log_softmax(s/T), softmax(t/T), reduction='batchmean')`` over unmasked rows (no T²)."""
+    log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
+    log_q = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature)
+    per_row = jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
+    return masked_mean(per_row, mask)

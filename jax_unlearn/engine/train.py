@@ -1,0 +1,142 @@
+"""One seed's training pieces: state, forward passes, one optimiser step, one epoch over a split.
+
+Everything here is written for a single model; the engine vmaps it over seeds (``jax_unlearn.engine.seeds``).
+Images arrive as uint8 on device and are normalised on the fly (``Context.normalization``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+
+from jax_unlearn.data.types import Normalization
+from jax_unlearn.engine.batches import epoch_batches, random_crop_flip, steps_per_epoch
+
+Variables = Mapping[str, Any]  # {'params': ..., 'batch_stats': ...}
+DeviceData = Mapping[str, tuple[jax.Array, jax.Array]]  # split name -> (images uint8 (N,32,32,3), labels (N,))
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Static facts every method needs: the model, input normalisation, split sizes, class counts.
+
+    Built once at the edge (CLI / Python API); jitted code closes over it and never sees flags.
+    """
+
+    model: nn.Module
+    normalization: Normalization
+    sizes: Mapping[str, int]
+    class_counts: tuple[int, ...] | None = None
+
+    def size(self, split: str) -> int:
+        if split not in self.sizes:
+            raise ValueError(f"unknown split {split!r}; valid: {', '.join(self.sizes)}")
+        return self.sizes[split]
+
+
+class TrainState(NamedTuple):
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: jax.Array
+
+
+def create_state(variables: Variables, tx: optax.GradientTransformation) -> TrainState:
+    params = variables["params"]
+    return TrainState(params, variables["batch_stats"], tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def variables_of(state: TrainState) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def forward_train(ctx: Context, params, batch_stats, images, mask):
+    """Train-mode logits (B, C) and the updated batch_stats; masked rows touch no statistic."""
+    x = ctx.normalization.apply(images)
+    logits, new = ctx.model.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mask=mask,
+                                  mutable=["batch_stats"])
+    return logits, new["batch_stats"]
+
+
+def forward_eval(ctx: Context, variables: Variables, images):
+    """Eval-mode logits (B, C) float32 from uint8 images (B, 32, 32, 3)."""
+    return ctx.model.apply(variables, ctx.normalization.apply(images), train=False)
+
+
+def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads, batch_stats,
+                    update_mask=None) -> TrainState:
+    """One optimiser step. ``update_mask`` (a params-shaped 0/1 tree) zeroes the *update*, so masked
+    weights stay bit-identical (weight decay and momentum included)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if update_mask is not None:
+        updates = jax.tree_util.tree_map(lambda u, m: u * m.astype(u.dtype), updates, update_mask)
+    return TrainState(optax.apply_updates(state.params, updates), batch_stats, opt_state, state.step + 1)
+
+
+LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (logits, labels, mask) -> scalar
+
+
+def supervised_step(ctx: Context, tx: optax.GradientTransformation, loss_fn: LossFn):
+    """``step(state, images, labels, mask) -> (state, loss)``: forward in train mode, backprop, update."""
+
+    def step(state: TrainState, images, labels, mask):
+        def objective(params):
+            logits, batch_stats = forward_train(ctx, params, state.batch_stats, images, mask)
+            return loss_fn(logits, labels, mask), batch_stats
+
+        (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        return apply_gradients(tx, state, grads, batch_stats), loss
+
+    return step
+
+
+def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: bool = True,
+               augment: bool = False):
+    """``epoch(state, key, data) -> (state, {'loss': mean loss})``: one pass over ``split`` in batches.
+
+    Each call draws its own permutation from ``key`` (so each seed and epoch has its own order); the last
+    partial batch is kept and masked. ``augment`` applies random-crop(4)+flip to the uint8 batch.
+    """
+    n = ctx.size(split)
+
+    def epoch(state, key, data: DeviceData):
+        images, labels = data[split]
+        k_perm, k_aug = jax.random.split(key)
+        idx, mask = epoch_batches(k_perm if shuffle else None, n, batch_size)
+
+        def body(state, inp):
+            i, bidx, bmask = inp
+            x = images[bidx]
+            if augment:
+                x = random_crop_flip(jax.random.fold_in(k_aug, i), x)
+            state, loss = step_fn(state, x, labels[bidx], bmask)
+            return state, (loss, jnp.sum(bmask))
+
+        steps = jnp.arange(steps_per_epoch(n, batch_size))
+        state, (losses, counts) = jax.lax.scan(body, state, (steps, idx, mask))
+        return state, {"loss": jnp.sum(losses * counts) / jnp.sum(counts)}
+
+    return epoch
+
+
+def predict(ctx: Context, variables: Variables, images, batch_size: int = 500):
+    """Eval-mode logits (N, C) for uint8 images (N, 32, 32, 3), ``batch_size`` at a time (lax.map)."""
+    n = images.shape[0]
+    steps = steps_per_epoch(n, batch_size)
+    pad = steps * batch_size - n
+    padded = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)])
+    logits = jax.lax.map(lambda x: forward_eval(ctx, variables, x), padded.reshape(steps, batch_size,
+                                                                                    *images.shape[1:]))
+    return logits.reshape(steps * batch_size, -1)[:n]
+
+
+def accuracy(ctx: Context, variables: Variables, images, labels, batch_size: int = 500):
+    """Top-1 accuracy (scalar float32) of the model on (images, labels), eval mode."""
+    if images.shape[0] == 0:
+        return jnp.float32(jnp.nan)
+    logits = predict(ctx, variables, images, batch_size)
+    return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))

@@ -1,0 +1,91 @@
+"""Population jobs: N seeds of a method (or of a training recipe) into a run folder, resumable.
+
+This is the Python API the CLI calls; it is also what a notebook uses::
+
+    data = load_dataset("fashion-mnist", max_train=5000)
+    folder = run_population("runs/finetune", "finetune", data, start_variables=original, n_seeds=512)
+    export_pth(folder, "submission")
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from jax_unlearn.data.types import UnlearningData
+from jax_unlearn.engine.run import RunConfig, context_for, default_chunk_size, device_data, make_run, run_seeds
+from jax_unlearn.methods import build_method, get_method
+from jax_unlearn.methods.finetune import original
+from jax_unlearn.models import ResNet18
+from jax_unlearn.runs import RunFolder
+
+
+def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32"):
+    """The ResNet-18 every job uses; ``dtype`` the compute dtype (``float32`` or ``bfloat16``)."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"unknown dtype {dtype!r}; valid: float32, bfloat16")
+    return ResNet18(num_classes=num_classes, stem=stem, dtype=jnp.dtype(dtype))
+
+
+def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *, start_variables=None,
+                   n_seeds: int = 8, base_seed: int = 0, chunk_size: int | None = None,
+                   hyper: Mapping[str, Any] | None = None, run_config: RunConfig = RunConfig(),
+                   class_counts=None, stem: str = "imagenet", dtype: str = "float32",
+                   extra_config: Mapping[str, Any] | None = None, progress: bool | None = None) -> RunFolder:
+    """Run ``n_seeds`` seeds of ``method`` from ``start_variables`` into the run folder ``out``.
+
+    Seed ``i`` uses key ``fold_in(key(base_seed), i)``. A folder holding the same config resumes (finished
+    chunks are kept); one holding another config is refused. ``start_variables`` may be None only for
+    methods that train from scratch (``retrain``).
+    """
+    hyper = dict(hyper or {})
+    info = get_method(method)
+    if n_seeds < 1:
+        raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
+    model = make_model(data.num_classes, stem, dtype)
+    ctx = context_for(data, model, class_counts)
+    m = build_method(method, ctx, **hyper)
+    chunk_size = min(chunk_size or default_chunk_size(n_seeds), n_seeds)
+    if start_variables is None:
+        if method != "retrain":
+            raise ValueError(f"method {method!r} needs start variables (the original model)")
+        from jax_unlearn.models import init_variables
+
+        start_variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+        start_variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), start_variables)
+    config = {"method": method, "hyper": {**info.defaults, **hyper}, "n_seeds": n_seeds, "base_seed": base_seed,
+              "chunk_size": chunk_size, "track": run_config.track, "track_max": run_config.track_max,
+              "snapshot_every": run_config.snapshot_every, "num_classes": data.num_classes, "stem": stem,
+              "dtype": dtype, "data": dict(data.description), **(extra_config or {})}
+    folder = RunFolder(out)
+    folder.start(config, {**data.description, "sizes": data.sizes()})
+    run = make_run(ctx, m, run_config)
+
+    def save(c, ids, outputs):
+        variables, metrics, *snaps = outputs
+        folder.save_chunk(c, ids, {"variables": variables, "metrics": metrics,
+                                   **({"snapshots": snaps[0]} if snaps else {})})
+
+    run_seeds(run, n_seeds, base_seed, start_variables, device_data(data), chunk_size=chunk_size,
+              on_chunk=save, done=folder.chunk_done, images_per_seed=ctx.size("retain") * m.num_epochs,
+              progress=progress,
+              desc=method)
+    folder.write_metrics()
+    return folder
+
+
+def train_original(data: UnlearningData, *, seed: int = 10_000, class_counts=None, stem: str = "imagenet",
+                   dtype: str = "float32", **hyper):
+    """One original model (retain ∪ forget) with the official recipe (``retrain`` defaults, overridable).
+
+    Returns ``(variables, metrics)``. The seed is kept apart from the unlearning/retrain seeds.
+    """
+    model = make_model(data.num_classes, stem, dtype)
+    ctx = context_for(data, model, class_counts)
+    defaults = {k: v for k, v in get_method("retrain").defaults.items()}
+    m = original(ctx, **{**defaults, **hyper})
+    run = jax.jit(make_run(ctx, m, RunConfig(track=True)))
+    variables, metrics = run(jax.random.key(seed), None, device_data(data))
+    return jax.tree_util.tree_map(jax.numpy.asarray, variables), metrics
