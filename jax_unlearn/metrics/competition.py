@@ -15,7 +15,8 @@ NumPy array). We follow it rule for rule except where the written specification 
 * thresholds are ``np.linspace`` everywhere (the reference uses ``torch.linspace`` for the single-threshold
   family, which can differ in the last bit);
 * when *both* populations have zero range, ε = 50 (the reference computes 0/0 = nan and carries on);
-* a decision rule with FPR = 1 or FNR = 1 contributes 0 instead of nan (it never changes the maximum);
+* the log of a non-positive number (FPR or FNR = 1) drops that term; the reference's ``nanmax`` does
+  the same unless both terms are nan, when it drops the rule (neither changes the maximum, which is >= 0);
 * if no rule is usable ε = 0 (the reference asserts).
 
 Speed: each example's 2N values are sorted once; a threshold's counts come from one ``searchsorted`` into
@@ -100,7 +101,6 @@ def _epsilon_table(n: int) -> np.ndarray:
     eps = np.where((fp == 0) | (fn == 0), -np.inf, eps)
     eps[0, n] = np.inf
     return eps
-
 
 
 def _grid(start: np.ndarray, stop: np.ndarray, num: int, cols: np.ndarray) -> np.ndarray:
@@ -206,6 +206,8 @@ def per_example_epsilon(unlearned, retrained, *, chunk_size: int = 256) -> np.nd
       unlearned, retrained: float (N, S): the statistic (``logit_scaled_confidence``) of each of S forget
         examples under each of N unlearned / N retrained models. N >= 2, finite.
       chunk_size: examples sorted together (bounds memory to ~chunk_size·2N values).
+        The single-threshold grid has 100 points per unit of an example's range, so values should be on
+        the statistic's scale (|value| <~ 104 for ``logit_scaled_confidence``).
 
     Returns:
       float64 (S,) in [0, 50].
@@ -225,6 +227,8 @@ def per_example_epsilon(unlearned, retrained, *, chunk_size: int = 256) -> np.nd
     for where we deviate).
     """
     u, r = _validate_populations(unlearned, retrained)
+    if int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     n, s = u.shape
     table = _epsilon_table(n)
     envelope = np.maximum.accumulate(np.maximum.accumulate(table[::-1], axis=0)[::-1], axis=1)
