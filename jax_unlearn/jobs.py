@@ -33,18 +33,19 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
                    n_seeds: int = 8, base_seed: int = 0, chunk_size: int | None = None,
                    hyper: Mapping[str, Any] | None = None, run_config: RunConfig = RunConfig(),
                    class_counts=None, stem: str = "imagenet", dtype: str = "float32",
-                   extra_config: Mapping[str, Any] | None = None, progress: bool | None = None) -> RunFolder:
+                   extra_config: Mapping[str, Any] | None = None, progress: bool | None = None,
+                   model=None) -> RunFolder:
     """Run ``n_seeds`` seeds of ``method`` from ``start_variables`` into the run folder ``out``.
 
     Seed ``i`` uses key ``fold_in(key(base_seed), i)``. A folder holding the same config resumes (finished
     chunks are kept); one holding another config is refused. ``start_variables`` may be None only for
-    methods that train from scratch (``retrain``).
+    methods that train from scratch (``retrain``). ``model`` overrides the ResNet-18 (tests use tiny ones).
     """
     hyper = dict(hyper or {})
     info = get_method(method)
     if n_seeds < 1:
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
-    model = make_model(data.num_classes, stem, dtype)
+    model = model if model is not None else make_model(data.num_classes, stem, dtype)
     ctx = context_for(data, model, class_counts)
     m = build_method(method, ctx, **hyper)
     chunk_size = min(chunk_size or default_chunk_size(n_seeds), n_seeds)
@@ -77,15 +78,14 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
 
 
 def train_original(data: UnlearningData, *, seed: int = 10_000, class_counts=None, stem: str = "imagenet",
-                   dtype: str = "float32", **hyper):
+                   dtype: str = "float32", model=None, **hyper):
     """One original model (retain ∪ forget) with the official recipe (``retrain`` defaults, overridable).
 
     Returns ``(variables, metrics)``. The seed is kept apart from the unlearning/retrain seeds.
     """
-    model = make_model(data.num_classes, stem, dtype)
+    model = model if model is not None else make_model(data.num_classes, stem, dtype)
     ctx = context_for(data, model, class_counts)
-    defaults = {k: v for k, v in get_method("retrain").defaults.items()}
-    m = original(ctx, **{**defaults, **hyper})
+    m = original(ctx, **{**get_method("retrain").defaults, **hyper})
     run = jax.jit(make_run(ctx, m, RunConfig(track=True)))
     variables, metrics = run(jax.random.key(seed), None, device_data(data))
     return jax.tree_util.tree_map(jax.numpy.asarray, variables), metrics

@@ -6,13 +6,18 @@ import jax.numpy as jnp
 import optax
 
 
+def _at_least_f32(x):
+    """bf16 logits are upcast for the loss; float64 (tests) stays float64."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def cross_entropy(logits, labels, mask=None, class_weights=None):
     """torch ``F.cross_entropy(logits, labels, weight=class_weights)`` with mean reduction over unmasked rows.
 
     With weights torch divides by the summed weights of the batch's labels:
     ``sum_i m_i w_{y_i} l_i / sum_i m_i w_{y_i}``. logits (B, C), labels (B,), mask (B,) bool or None.
     """
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    losses = optax.softmax_cross_entropy_with_integer_labels(_at_least_f32(logits), labels)
     weights = jnp.ones_like(losses) if class_weights is None else class_weights[labels]
     if mask is not None:
         weights = weights * mask
@@ -28,7 +33,7 @@ def masked_mean(values, mask=None):
 
 def kl_divergence(student_logits, teacher_logits, mask=None, temperature=1.0):
     """torch ``F.kl_div(log_softmax(s/T), softmax(t/T), reduction='batchmean')`` over unmasked rows (no T²)."""
-    log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
-    log_q = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature)
+    log_p = jax.nn.log_softmax(_at_least_f32(student_logits) / temperature)
+    log_q = jax.nn.log_softmax(_at_least_f32(teacher_logits) / temperature)
     per_row = jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
     return masked_mean(per_row, mask)

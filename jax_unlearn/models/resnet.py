@@ -71,15 +71,16 @@ class ResNet(nn.Module):
     num_classes: int = 10
     stem: Literal["imagenet", "cifar"] = "imagenet"
     dtype: Any = jnp.float32  # compute dtype; params, BN statistics and logits stay float32
+    width: int = 64  # channels of the stem and first stage (torchvision: 64); small values make test models
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, mask=None):
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
-            x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, kernel_init=conv_init,
+            x = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, kernel_init=conv_init,
                         dtype=self.dtype, name="conv1")(x)
         elif self.stem == "cifar":
-            x = nn.Conv(64, (3, 3), (1, 1), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=conv_init,
+            x = nn.Conv(self.width, (3, 3), (1, 1), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=conv_init,
                         dtype=self.dtype, name="conv1")(x)
         else:
             raise ValueError(f"unknown stem {self.stem!r}; valid: 'imagenet', 'cifar'")
@@ -89,7 +90,7 @@ class ResNet(nn.Module):
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(64 * 2**stage, strides, dtype=self.dtype,
+                x = BasicBlock(self.width * 2**stage, strides, dtype=self.dtype,
                                name=f"layer{stage + 1}_{block}")(x, train=train, mask=mask)
         x = jnp.mean(x.astype(jnp.promote_types(self.dtype, jnp.float32)), axis=(1, 2))
         fan_in = x.shape[-1]
