@@ -1,3 +1,4 @@
+# tests/convert (not tests/converters): a tests/converters folder on sys.path would shadow the package.
 import os
 import sys
 
