@@ -30,7 +30,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _commands() -> list[Command]:
-    return [("convert", _convert_args, _convert)]
+    from jax_unlearn.cli_jobs import COMMANDS
+
+    return [("convert", _convert_args, _convert), *COMMANDS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return runners[args.command](args)
-    except (CheckpointError, DataError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (CheckpointError, DataError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
         print(f"jax-unlearn {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -21,3 +21,23 @@ def test_convert_errors_are_reported_and_write_nothing(tmp_path, capsys):
     assert "7 classes; expected 10" in capsys.readouterr().err
     assert not (tmp_path / "a.msgpack").exists()
     assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "x.msgpack")]) == 2
+
+
+def test_methods_lists_the_registry(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("finetune", "finetune-kit", "retrain"):
+        assert name in out
+
+
+def test_nonsense_values_fail_clearly(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--n-seeds", "0"])
+    assert "positive integer" in capsys.readouterr().err
+    sd = random_torch_resnet18(0).state_dict()
+    torch.save(sd, tmp_path / "o.pth")
+    assert main(["unlearn", "--method", "nope", "--original", str(tmp_path / "o.pth"), "--out",
+                 str(tmp_path / "r"), "--max-train", "64", "--max-eval", "16"]) == 2
+    assert "unknown method 'nope'; valid:" in capsys.readouterr().err

@@ -1,0 +1,281 @@
+"""``jax-unlearn`` sub-commands that run jobs: methods, train-original, unlearn, retrain, export, evaluate, demo.
+
+Each is an ``(name, add_arguments, run)`` triple in :data:`COMMANDS`; flags become frozen configs and
+library calls here, at the edge — nothing below sees ``args``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DATASETS = ("fashion-mnist", "idx", "kaggle", "cifar10")
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return n
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    g.add_argument("--data-dir", default=None, help="data folder (default for fashion-mnist: the Debian package's)")
+    g.add_argument("--forget", default="random", choices=("random", "classes", "groups", "index_file"),
+                   help="forget-set selection for data sets that do not ship one")
+    g.add_argument("--forget-fraction", type=float, default=0.1)
+    g.add_argument("--forget-classes", default="", help="comma-separated class ids (--forget classes)")
+    g.add_argument("--forget-groups", type=int, default=None, help="number of subjects (--forget groups)")
+    g.add_argument("--forget-index", default=None, help=".npy index file (--forget index_file; cifar10: the kit's)")
+    g.add_argument("--max-train", type=_positive, default=None, help="seeded subset of the training set")
+    g.add_argument("--max-eval", type=_positive, default=None, help="limit validation and test to this many each")
+    g.add_argument("--data-seed", type=int, default=0)
+
+
+def load_data(args: argparse.Namespace):
+    """Build the UnlearningData the flags describe."""
+    from jax_unlearn.data import ForgetSpec, load_dataset
+
+    options = {"seed": args.data_seed, "max_train": args.max_train, "max_eval": args.max_eval}
+    if args.dataset != "kaggle":
+        classes = tuple(int(c) for c in args.forget_classes.split(",") if c.strip())
+        spec = ForgetSpec(kind=args.forget, fraction=args.forget_fraction, classes=classes,
+                          num_groups=args.forget_groups, index_file=args.forget_index, seed=args.data_seed)
+        if args.dataset == "cifar10" and args.forget_index and args.forget == "random":
+            options["forget_idx"] = args.forget_index
+        else:
+            options["forget"] = spec
+    return load_dataset(args.dataset, args.data_dir, **options)
+
+
+def _hyper(pairs: list[str]) -> dict:
+    """``--set lr=0.01 --set epochs=2`` -> {'lr': 0.01, 'epochs': 2} (values parsed as JSON when possible)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _run_args(p: argparse.ArgumentParser, n_default: int = 8) -> None:
+    p.add_argument("--out", required=True, help="run folder (resumed when it holds the same config)")
+    p.add_argument("--n-seeds", type=_positive, default=n_default)
+    p.add_argument("--base-seed", type=int, default=0)
+    p.add_argument("--chunk-size", type=_positive, default=None, help="lanes per compiled chunk (default: "
+                   "from free device memory; 8 on CPU)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="method hyper-parameter")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--no-track", action="store_true", help="skip per-epoch accuracy tracking")
+    p.add_argument("--track-max", type=_positive, default=2000, help="examples per split for tracking")
+    p.add_argument("--snapshot-every", type=_positive, default=None, help="keep a snapshot every k epochs")
+    _device_arg(p)
+    _data_args(p)
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+
+
+def select_device(device: str) -> str:
+    """Pin JAX to ``cpu``/``gpu`` (before any computation) or keep its default; returns the platform."""
+    import jax
+
+    if device != "auto":
+        jax.config.update("jax_platforms", "cuda" if device == "gpu" else "cpu")
+    try:
+        return jax.devices()[0].platform
+    except RuntimeError as e:
+        raise ValueError(f"--device {device}: no such device available ({e})") from None
+
+
+def _run_config(args):
+    from jax_unlearn.engine.run import RunConfig
+
+    return RunConfig(track=not args.no_track, track_max=args.track_max, snapshot_every=args.snapshot_every)
+
+
+def _load_variables(path: str, num_classes: int):
+    from converters import load_flax_variables, load_torch_checkpoint, torch_to_flax
+    from converters.io import is_torch_path
+
+    if is_torch_path(path):
+        return torch_to_flax(load_torch_checkpoint(path), num_classes)
+    return load_flax_variables(path)
+
+
+def _methods(args) -> int:
+    """List every method with its hyper-parameters and reference."""
+    from jax_unlearn.methods import METHODS
+
+    for name in sorted(METHODS):
+        info = METHODS[name]
+        print(f"{name:16s} {info.summary}\n{'':16s} defaults: {info.defaults}\n{'':16s} reference: {info.reference}")
+    return 0
+
+
+def _train_original_args(p):
+    p.add_argument("--out", required=True, help="output .pth (a .msgpack is written beside it)")
+    p.add_argument("--epochs", type=_positive, default=30)
+    p.add_argument("--seed", type=int, default=10_000)
+    _device_arg(p)
+    _data_args(p)
+
+
+def _train_original(args) -> int:
+    """Train the original model on retain ∪ forget with the official recipe; write .pth + .msgpack."""
+    select_device(args.device)
+    from converters import flax_to_torch, save_flax_variables, save_torch_checkpoint
+    from jax_unlearn.jobs import train_original
+
+    out = Path(args.out)
+    if out.suffix != ".pth":
+        raise ValueError(f"--out must end in .pth, got {out}")
+    data = load_data(args)
+    variables, metrics = train_original(data, seed=args.seed, epochs=args.epochs)
+    save_torch_checkpoint(flax_to_torch(variables), out)
+    save_flax_variables(variables, out.with_suffix(".msgpack"))
+    print(f"wrote {out}; final retain acc {float(metrics['retain_acc'][-1]):.4f}, "
+          f"validation acc {float(metrics['validation_acc'][-1]):.4f}")
+    return 0
+
+
+def _unlearn_args(p):
+    p.add_argument("--method", default="finetune", help="see `jax-unlearn methods`")
+    p.add_argument("--original", required=True, help="original model: .pth or .msgpack")
+    _run_args(p)
+
+
+def _unlearn(args) -> int:
+    """Run N seeds of an unlearning method from the original model into a run folder."""
+    select_device(args.device)
+    from jax_unlearn.jobs import run_population
+
+    data = load_data(args)
+    start = _load_variables(args.original, data.num_classes)
+    folder = run_population(args.out, args.method, data, start_variables=start, n_seeds=args.n_seeds,
+                            base_seed=args.base_seed, chunk_size=args.chunk_size, hyper=_hyper(args.set),
+                            run_config=_run_config(args), dtype=args.dtype,
+                            extra_config={"original": str(args.original)})
+    print(f"wrote {folder.path} ({args.n_seeds} seeds); metrics in {folder.path / 'metrics.csv'}")
+    return 0
+
+
+def _retrain(args) -> int:
+    """Train N models from scratch on the retain set: the reference population for the metric."""
+    select_device(args.device)
+    from jax_unlearn.jobs import run_population
+
+    data = load_data(args)
+    folder = run_population(args.out, "retrain", data, n_seeds=args.n_seeds, base_seed=args.base_seed,
+                            chunk_size=args.chunk_size, hyper=_hyper(args.set), run_config=_run_config(args),
+                            dtype=args.dtype)
+    print(f"wrote {folder.path} ({args.n_seeds} retrained models)")
+    return 0
+
+
+def _export_args(p):
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--n", type=_positive, default=None, help="number of checkpoints required (default: all)")
+    p.add_argument("--stage", type=int, default=None, help="export the k-th stage snapshot instead")
+    p.add_argument("--no-zip", action="store_true")
+
+
+def _export(args) -> int:
+    """Write unlearned_checkpoint_{i}.pth for every seed and submission.zip holding exactly N of them."""
+    from jax_unlearn.runs import RunFolder, export_pth
+
+    paths = export_pth(RunFolder(args.run_dir), args.out_dir, n=args.n, stage=args.stage,
+                       zip_name=None if args.no_zip else "submission.zip")
+    print(f"wrote {len(paths)} checkpoints to {args.out_dir}" + ("" if args.no_zip else " + submission.zip"))
+    return 0
+
+
+def _evaluate_args(p):
+    p.add_argument("run_dir")
+    p.add_argument("--retrained", default=None, help="run folder of the retrained reference population")
+    p.add_argument("--report-dir", default=None, help="default: RUN_DIR/evaluation")
+    _device_arg(p)
+    _data_args(p)
+
+
+def _evaluate(args) -> int:
+    """Accuracies, kit/SVC MIA and (with --retrained) the official competition score; report + plots."""
+    select_device(args.device)
+    from jax_unlearn.evaluate import evaluate, format_summary
+
+    report = evaluate(args.run_dir, load_data(args), retrained_dir=args.retrained, out_dir=args.report_dir)
+    print(format_summary(report))
+    return 0
+
+
+def _demo_args(p):
+    p.add_argument("--out", default="runs/demo", help="demo folder")
+    p.add_argument("--n-seeds", type=_positive, default=None, help="default: 4 on CPU, 64 on GPU")
+    p.add_argument("--epochs", type=_positive, default=None,
+                   help="epochs of the original and retrained models (default: 2 on CPU, 30 on GPU)")
+    p.add_argument("--chunk-size", type=_positive, default=None)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--max-train", type=_positive, default=None, help="default: 512 on CPU, all on GPU")
+    p.add_argument("--max-eval", type=_positive, default=None, help="default: 256 on CPU, all on GPU")
+    _device_arg(p)
+
+
+def _demo(args) -> int:
+    """The main job on the offline default: original model, N unlearned + N retrained, export, report."""
+    platform = select_device(args.device)
+    from converters import flax_to_torch, load_flax_variables, save_flax_variables, save_torch_checkpoint
+    from jax_unlearn.data import load_dataset
+    from jax_unlearn.evaluate import evaluate, format_summary
+    from jax_unlearn.jobs import run_population, train_original
+    from jax_unlearn.runs import RunFolder, export_pth
+
+    cpu = platform == "cpu"
+    n = args.n_seeds or (4 if cpu else 64)
+    epochs = args.epochs or (2 if cpu else 30)
+    max_train = args.max_train or (512 if cpu else None)
+    max_eval = args.max_eval or (256 if cpu else None)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    data = load_dataset("fashion-mnist", args.data_dir, max_train=max_train, max_eval=max_eval)
+    print(f"[demo] {platform}: Fashion-MNIST {data.sizes()}, {n} seeds, {epochs} epochs for original/retrain")
+    original = out / "original.msgpack"
+    if original.exists():
+        variables = load_flax_variables(original)
+        print(f"[demo] reusing {original}")
+    else:
+        variables, _ = train_original(data, epochs=epochs)
+        save_flax_variables(variables, original)
+        save_torch_checkpoint(flax_to_torch(variables), out / "original.pth")
+    chunk = {"chunk_size": args.chunk_size}
+    unlearned = run_population(out / "unlearned", "finetune", data, start_variables=variables, n_seeds=n, **chunk)
+    retrained = run_population(out / "retrained", "retrain", data, n_seeds=n, hyper={"epochs": epochs}, **chunk)
+    export_pth(RunFolder(unlearned.path), out / "submission", n=n)
+    report = evaluate(unlearned.path, data, retrained_dir=retrained.path, out_dir=out / "evaluation")
+    print(format_summary(report))
+    print(f"[demo] done in {time.perf_counter() - t0:.0f} s: checkpoints + submission.zip in {out / 'submission'}, "
+          f"report in {out / 'evaluation'}")
+    return 0
+
+
+def _retrain_args(p):
+    _run_args(p)
+
+
+COMMANDS = [
+    ("methods", lambda p: None, _methods),
+    ("train-original", _train_original_args, _train_original),
+    ("unlearn", _unlearn_args, _unlearn),
+    ("retrain", _retrain_args, _retrain),
+    ("export", _export_args, _export),
+    ("evaluate", _evaluate_args, _evaluate),
+    ("demo", _demo_args, _demo),
+]
