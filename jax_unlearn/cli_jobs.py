@@ -111,13 +111,23 @@ def _load_variables(path: str, num_classes: int):
     return load_flax_variables(path)
 
 
+def _methods_args(p):
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/METHODS.md)")
+
+
 def _methods(args) -> int:
     """List every method with its hyper-parameters and reference."""
     from jax_unlearn.methods import METHODS
 
+    if args.markdown:
+        print("| method | what it does | defaults | reference |\n|---|---|---|---|")
     for name in sorted(METHODS):
         info = METHODS[name]
-        print(f"{name:16s} {info.summary}\n{'':16s} defaults: {info.defaults}\n{'':16s} reference: {info.reference}")
+        defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
+        if args.markdown:
+            print(f"| `{name}` | {info.summary} | {defaults} | {info.reference} |")
+        else:
+            print(f"{name:24s} {info.summary}\n{'':24s} defaults: {defaults}\n{'':24s} reference: {info.reference}")
     return 0
 
 
@@ -271,7 +281,7 @@ def _retrain_args(p):
 
 
 COMMANDS = [
-    ("methods", lambda p: None, _methods),
+    ("methods", _methods_args, _methods),
     ("train-original", _train_original_args, _train_original),
     ("unlearn", _unlearn_args, _unlearn),
     ("retrain", _retrain_args, _retrain),
