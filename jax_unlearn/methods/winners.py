@@ -1,0 +1,216 @@
+"""Pieces shared by the ports of the NeurIPS 2023 Machine Unlearning Challenge winners.
+
+The methods themselves live in :mod:`jax_unlearn.methods.winners_a` (fanchuan, kookmin, seif, sebastian)
+and :mod:`jax_unlearn.methods.winners_b` (toshi-conv-transpose, amnesiacs, sun); this module holds what
+they have in common, so no method carries a copy:
+
+* :class:`WinnerState` — model, one optimiser state per optimiser the method uses, the number of engine
+  epochs done (an unbatched ``int32`` under ``vmap``, so ``lax.cond`` on it stays a real branch), and a
+  method-specific ``extra`` (teacher variables, gradient scales, masks).
+* :func:`loss_step` / :func:`optimizer_step` — one torch-SGD step of optimiser ``slot``, with an optional
+  *gradient* scale (applied before weight decay, like a backward hook) and an optional *update* mask
+  (:func:`jax_unlearn.engine.train.apply_gradients`: masked weights stay bit-identical).
+* :func:`run_batches` — a ``lax.scan`` of a step over given batch indices (a partial pass, or paired splits).
+* leaf selectors (:func:`kind_mask` over :func:`jax_unlearn.engine.masks.leaf_kinds`, :func:`leaf_mask` by
+  name), :func:`standard_draws` (one RNG call for many leaves) and :func:`reset_linear` (torch's default
+  re-initialisation of a layer).
+
+All references: the challenge write-ups, and their ports in xcadet/deepunlearn (``munl/unlearning/
+kgltop1.py`` … ``kgltop7.py``), which these follow line by line; Triantafillou et al., "Are we making
+progress in unlearning? Findings from the first NeurIPS unlearning competition", arXiv:2406.09073 (2024).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jax_unlearn.engine.batches import epoch_batches, steps_per_epoch
+from jax_unlearn.engine.losses import masked_mean
+from jax_unlearn.engine.masks import leaf_kinds
+from jax_unlearn.engine.train import Context, TrainState, apply_gradients, forward_eval, forward_train
+
+
+class WinnerState(NamedTuple):
+    params: Any
+    batch_stats: Any
+    opt_states: tuple
+    epoch: jax.Array  # engine epochs completed
+    extra: Any = None
+
+
+def winner_state(variables, opt_states: tuple, extra=None) -> WinnerState:
+    return WinnerState(variables["params"], variables["batch_stats"], tuple(opt_states), jnp.zeros((), jnp.int32),
+                       extra)
+
+
+def next_epoch(state: WinnerState) -> WinnerState:
+    return state._replace(epoch=state.epoch + 1)
+
+
+def optimizer_step(tx: optax.GradientTransformation, slot: int, state: WinnerState, grads, batch_stats, *,
+                   grad_scale=None, update_mask=None) -> WinnerState:
+    """Apply ``grads`` with optimiser ``tx`` whose state is ``state.opt_states[slot]``.
+
+    ``grad_scale`` (params-shaped, leaves broadcastable) multiplies the gradient *before* the optimiser, so
+    torch's L2 weight decay and momentum see the scaled gradient (a hook on ``weight.grad``);
+    ``update_mask`` zeroes the *update* (frozen weights stay bit-identical).
+    """
+    if grad_scale is not None:
+        grads = jax.tree_util.tree_map(lambda g, s: g * jnp.asarray(s, g.dtype), grads, grad_scale)
+    train = TrainState(state.params, state.batch_stats, state.opt_states[slot], state.epoch)
+    train = apply_gradients(tx, train, grads, batch_stats, update_mask)
+    opt_states = state.opt_states[:slot] + (train.opt_state,) + state.opt_states[slot + 1:]
+    return state._replace(params=train.params, batch_stats=train.batch_stats, opt_states=opt_states)
+
+
+# loss_fn(state, logits, images, labels, mask) -> scalar; ``state`` gives access to extras (a teacher).
+WinnerLoss = Callable[[WinnerState, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def loss_step(ctx: Context, tx: optax.GradientTransformation, slot: int, loss_fn: WinnerLoss, *,
+              grad_scale: Callable | None = None, update_mask: Callable | None = None):
+    """``step(state, images, labels, mask) -> (state, loss)``: train-mode forward, backprop, one step of
+    optimiser ``slot``. ``grad_scale(state)`` / ``update_mask(state)`` give the trees of
+    :func:`optimizer_step`. Usable with :func:`jax_unlearn.engine.train.epoch_over` and :func:`run_batches`."""
+
+    def step(state: WinnerState, images, labels, mask):
+        def objective(params):
+            logits, batch_stats = forward_train(ctx, params, state.batch_stats, images, mask)
+            return loss_fn(state, logits, images, labels, mask), batch_stats
+
+        (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        state = optimizer_step(tx, slot, state, grads, batch_stats,
+                               grad_scale=None if grad_scale is None else grad_scale(state),
+                               update_mask=None if update_mask is None else update_mask(state))
+        return state, loss
+
+    return step
+
+
+def run_batches(step_fn, state, images, labels, idx, mask, active=None):
+    """``lax.scan`` ``step_fn(state, images[i], labels[i], mask)`` over the rows of ``idx`` (S, B) / ``mask``
+    (S, B); returns ``(state, mean loss over real examples)``. Steps where ``active`` (S,) is false are
+    skipped (``lax.cond``: no forward, no update; a real branch when ``active`` is not per-seed)."""
+
+    def body(state, inp):
+        bidx, bmask, on = inp
+        args = (state, images[bidx], labels[bidx], bmask)
+        if on is None:
+            state, loss = step_fn(*args)
+            return state, (loss, jnp.sum(bmask))
+        loss_dtype = jax.eval_shape(step_fn, *args)[1].dtype
+        state, loss = jax.lax.cond(on, step_fn, lambda s, *_: (s, jnp.zeros((), loss_dtype)), *args)
+        return state, (loss, jnp.sum(bmask) * on)
+
+    state, (losses, counts) = jax.lax.scan(body, state, (idx, mask, active))
+    return state, jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1)
+
+
+def shuffled_batches(key, n: int, batch_size: int, steps: int | None = None):
+    """The first ``steps`` (default all) batches of a shuffled ``drop_last=False`` pass: ``(idx, mask)``."""
+    idx, mask = epoch_batches(key, n, batch_size)
+    steps = steps_per_epoch(n, batch_size) if steps is None else steps
+    return idx[:steps], mask[:steps]
+
+
+def teacher_logits(ctx: Context, teacher, images):
+    """Eval-mode logits of a frozen model (``torch.no_grad()`` + ``.eval()``)."""
+    return jax.lax.stop_gradient(forward_eval(ctx, teacher, images))
+
+
+def soft_cross_entropy(logits, target_probs, mask=None):
+    """``mean_i sum_c -q_ic log_softmax(z_i)_c`` over unmasked rows (logits (B, C), target_probs (B, C))."""
+    per_row = -jnp.sum(target_probs * jax.nn.log_softmax(_f32(logits)), axis=-1)
+    return masked_mean(per_row, mask)
+
+
+def entropy(logits):
+    """Shannon entropy (nats) of ``softmax(logits)`` per row: (B, C) -> (B,)."""
+    log_p = jax.nn.log_softmax(_f32(logits))
+    return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
+
+def _f32(x):
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+# ---- leaves -------------------------------------------------------------------------------------------------
+
+def _path_names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(p, "key", p)) for p in path)
+
+
+def leaf_mask(params, predicate: Callable[[tuple[str, ...], Any], bool]):
+    """A params-shaped tree of Python bools: ``predicate(path_names, leaf)`` per leaf."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: bool(predicate(_path_names(p), x)), params)
+
+
+def kind_mask(params, *kinds: str):
+    """A params-shaped tree of Python bools: the leaf's layer kind (:func:`~jax_unlearn.engine.masks.leaf_kinds`:
+    ``'conv'``, ``'linear'``, ``'batchnorm'``) is one of ``kinds``. Static, so it picks leaves at trace time."""
+    return jax.tree_util.tree_map(lambda kind: kind in kinds, leaf_kinds(params))
+
+
+def fan_in(shape) -> int:
+    """torch's fan-in of a Flax kernel: H·W·I for a conv (H, W, I, O), I for a Dense (I, O)."""
+    return math.prod(shape[:-1])
+
+
+def fan_out(shape) -> int:
+    """torch's fan-out of a Flax kernel: H·W·O for a conv (H, W, I, O), O for a Dense (I, O)."""
+    return shape[-1] * math.prod(shape[:-2])
+
+
+def standard_draws(key, shapes, distribution: str = "normal", dtype=jnp.float32) -> list:
+    """Independent N(0, 1) (``'normal'``) or U(-1, 1) (``'uniform'``) arrays of the given ``shapes``, made by
+    *one* RNG call cut into pieces. (XLA compiles every threefry call on its own — about a second of CPU
+    each — so per-leaf calls over a ResNet would dominate compile time.)"""
+    sizes = [math.prod(s) for s in shapes]
+    total = max(sum(sizes), 1)
+    flat = (jax.random.normal(key, (total,), dtype) if distribution == "normal"
+            else jax.random.uniform(key, (total,), dtype, -1.0, 1.0))
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    return [flat[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes)]
+
+
+def map_selected(fn, key, params, selected):
+    """``fn(leaf_key, leaf)`` on the leaves where ``selected`` (a tree of Python bools) is true, one key per
+    leaf (``fold_in(key, leaf index)``; None when ``key`` is None); other leaves are returned as they are."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    flags = jax.tree_util.tree_leaves(selected)
+    out = [fn(None if key is None else jax.random.fold_in(key, i), x) if f else x
+           for i, (x, f) in enumerate(zip(leaves, flags))]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def reset_linear(key, params, module: str):
+    """torch ``reset_parameters()`` of a top-level module (``conv1`` or ``fc``): weight (kaiming_uniform with
+    a = sqrt(5)) and, where it has one, bias both ~ U(±1/sqrt(fan_in))."""
+    layer = params[module]
+    bound = 1.0 / math.sqrt(fan_in(layer["kernel"].shape))
+    names = sorted(layer)
+    draws = standard_draws(key, [layer[n].shape for n in names], "uniform", layer["kernel"].dtype)
+    return {**params, module: {n: bound * u for n, u in zip(names, draws)}}
+
+
+def class_counts(ctx: Context) -> jax.Array:
+    """``ctx.class_counts`` as float32 (C,); the winners' class weights are functions of it."""
+    if ctx.class_counts is None:
+        raise ValueError("this method weights classes and needs ctx.class_counts")
+    return jnp.asarray(ctx.class_counts, jnp.float32)
+
+
+def half_round_trip(state: WinnerState) -> WinnerState:
+    """torch ``net.to(torch.half).to(torch.float)``: every float parameter and BatchNorm statistic rounded
+    to float16 (round-to-nearest-even) and back; integer buffers untouched."""
+    def cast(x):
+        return x.astype(jnp.float16).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return state._replace(params=jax.tree_util.tree_map(cast, state.params),
+                          batch_stats=jax.tree_util.tree_map(cast, state.batch_stats))
