@@ -1,0 +1,303 @@
+"""Training-step throughput (img/s) of K vmapped lanes × per-lane batch B, next to one model at batch K·B.
+
+What is timed is the engine's own step — :func:`jax_unlearn.engine.train.supervised_step` with
+:func:`jax_unlearn.engine.optim.torch_sgd` (momentum 0.9, weight decay 5e-4) and cross-entropy — for
+``--steps`` steps inside one ``lax.scan``, vmapped over K lanes, each lane with its own weights, BatchNorm
+statistics and batches (``B`` indices drawn per lane and step from ``fold_in(key, step)`` into a pool of
+uint8 images on the device, gathered and normalised on the fly as an epoch does). All lanes start from one
+initialisation (:func:`host_init`) and part after their first, different, batches. Per grid point: compile
+ahead of time (reported apart), ``--warmup`` untimed calls, then ``--repeats`` timed calls each ending in
+``block_until_ready``; img/s is ``K·B·steps / median``. The state is donated and chained from call to call,
+as in a real run.
+
+The ceiling column is one model (no vmap) at batch ``K·B``: the same images per step, as one large-batch
+model — the most the device gives this network, and what K lanes should approach.
+
+Usage (from the repository root)::
+
+    python benchmarks/throughput.py --lanes 1,8,32,64,128 --batch 64,128,256 --dtypes float32,bfloat16
+    python benchmarks/throughput.py --quick --model tiny      # CPU smoke run (seconds, not a figure)
+
+Writes ``<out>.json``, ``<out>.md`` and ``<out>.png`` (img/s against lanes, log-log).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+if __package__ in (None, ""):  # python benchmarks/throughput.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+
+QUICK = dict(lanes="1,2", batch="8", dtypes="float32", steps=2, repeats=2, warmup=1, pool=64, image_size=16)
+
+
+def _ints(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive comma-separated integers, got {text!r}")
+    return values
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lanes", default="1,8,32,64,128", help="K values (comma-separated)")
+    p.add_argument("--batch", default="64,128,256", help="per-lane batch sizes B (comma-separated)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes (float32, bfloat16)")
+    p.add_argument("--steps", type=int, default=10, help="train steps per timed call (one lax.scan)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per grid point (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
+    p.add_argument("--pool", type=int, default=8192, help="uint8 images on the device that batches come from")
+    p.add_argument("--image-size", type=int, default=32, help="square image side (the challenge: 32)")
+    p.add_argument("--model", choices=("resnet18", "tiny"), default="resnet18",
+                   help="tiny: ResNet(stage_sizes=(1, 1), width=8), for smoke tests only")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the single-model batch K·B points")
+    p.add_argument("--quick", action="store_true", help=f"tiny grid for CPU smoke tests: {QUICK}")
+    p.add_argument("--out", default="out/benchmarks/throughput", help="output prefix (.json, .md, .png)")
+    args = p.parse_args(argv)
+    if args.quick:
+        for k, v in QUICK.items():
+            if getattr(args, k) == p.get_default(k):
+                setattr(args, k, v)
+    args.lanes, args.batch = _ints(args.lanes), _ints(args.batch)
+    args.dtypes = [d for d in args.dtypes.split(",") if d]
+    if any(d not in ("float32", "bfloat16") for d in args.dtypes):
+        p.error(f"--dtypes must be float32 and/or bfloat16, got {args.dtypes}")
+    for name in ("steps", "repeats", "pool", "image_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def make_model(name: str, dtype: str):
+    import jax.numpy as jnp
+
+    from jax_unlearn.jobs import make_model as resnet18
+    from jax_unlearn.models import ResNet
+
+    if name == "tiny":
+        return ResNet(stage_sizes=(1, 1), num_classes=10, width=8, dtype=jnp.dtype(dtype))
+    return resnet18(10, dtype=dtype)
+
+
+class Setup(NamedTuple):
+    """What every grid point of one dtype shares: the model, its optimiser and step, the image pool on the
+    device, and one model's initial variables."""
+
+    model: Any
+    tx: Any
+    step: Callable
+    images: Any
+    labels: Any
+    variables: Any
+
+
+def host_init(model, image_size: int, seed: int = 0):
+    """Initial variables drawn on the host with NumPy at torchvision's scales (conv ``N(0, 2/fan_out)``,
+    linear ``U(±1/sqrt(fan_in))``, BatchNorm 1/0): the cost of a step does not depend on the values, and
+    this avoids compiling an initialiser per model (tens of seconds on a small CPU)."""
+    import jax
+    import numpy as np
+
+    from jax_unlearn.models import init_variables
+
+    shapes = jax.eval_shape(lambda k: init_variables(model, k, image_size), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel" and len(shape) == 4:
+            value = rng.normal(0.0, np.sqrt(2.0 / (np.prod(shape[:2]) * shape[3])), shape)
+        elif name in ("kernel", "bias") and len(path) == 3 and path[1].key == "fc":
+            fan_in = shapes["params"]["fc"]["kernel"].shape[0]
+            value = rng.uniform(-1 / np.sqrt(fan_in), 1 / np.sqrt(fan_in), shape)
+        elif name in ("scale", "var"):
+            value = np.ones(shape)
+        else:
+            value = np.zeros(shape)
+        return np.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def make_setup(model, pool: int, image_size: int) -> Setup:
+    """The engine's supervised step (CE, ``torch_sgd(1e-3, momentum=0.9, weight_decay=5e-4)``) on ``model``
+    and a pool of ``pool`` random uint8 images (labels in 0..9) on the device."""
+    import jax
+    import numpy as np
+
+    from jax_unlearn.data.types import Normalization
+    from jax_unlearn.engine.losses import cross_entropy
+    from jax_unlearn.engine.optim import torch_sgd
+    from jax_unlearn.engine.train import Context, supervised_step
+
+    ctx = Context(model, Normalization(scale=1 / 255, mean=(0.5,) * 3, std=(0.25,) * 3), {"pool": pool})
+    tx = torch_sgd(1e-3, momentum=0.9, weight_decay=5e-4)
+    rng = np.random.default_rng(0)
+    images = jax.device_put(rng.integers(0, 256, (pool, image_size, image_size, 3), dtype=np.uint8))
+    labels = jax.device_put(rng.integers(0, 10, (pool,), dtype=np.int32))
+    variables = jax.device_put(host_init(model, image_size))
+    return Setup(model, tx, supervised_step(ctx, tx, cross_entropy), images, labels, variables)
+
+
+def _initial_state(setup: Setup, lanes: int | None):
+    """The train state of one model (``lanes=None``) or ``lanes`` copies of it stacked on a leading axis
+    (each lane then draws its own batches, so the lanes part after the first step)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_unlearn.engine.train import create_state
+
+    def init(variables):
+        state = create_state(variables, setup.tx)
+        if lanes is None:
+            return state
+        return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (lanes, *a.shape)), state)
+
+    return jax.jit(init)(setup.variables)
+
+
+def bench_point(setup: Setup, *, lanes: int | None, batch: int, steps: int, warmup: int, repeats: int) -> dict:
+    """Time ``steps`` train steps of ``lanes`` vmapped models (``lanes=None``: one model, no vmap) at
+    per-model batch ``batch``. Returns img/s, the timing, compile seconds and XLA's memory plan."""
+    import jax
+    import jax.numpy as jnp
+
+    pool = setup.images.shape[0]
+    mask = jnp.ones((batch,), bool)
+
+    def model_steps(state, key, images, labels):
+        def body(state, i):
+            idx = jax.random.randint(jax.random.fold_in(key, i), (batch,), 0, pool)
+            return setup.step(state, images[idx], labels[idx], mask)
+
+        return jax.lax.scan(body, state, jnp.arange(steps))
+
+    state = _initial_state(setup, lanes)
+    keys = jax.random.key(2) if lanes is None else jax.random.split(jax.random.key(2), lanes)
+    fn = model_steps if lanes is None else jax.vmap(model_steps, in_axes=(0, 0, None, None))
+    args = (keys, setup.images, setup.labels)
+    compiled, compile_s = common.compile_jax(jax.jit(fn, donate_argnums=0), state, *args)
+    timing, _ = common.time_chained(compiled, state, *args, warmup=warmup, repeats=repeats)
+    return {"img_per_s": (lanes or 1) * batch * steps / timing.median, "step_ms": 1e3 * timing.median / steps,
+            "compile_s": compile_s, "timing": timing.to_dict(), "memory_plan": common.compiled_memory(compiled)}
+
+
+def _is_oom(error: Exception) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
+
+
+def run_grid(args) -> list[dict]:
+    """Every (dtype, B, K) lanes point, then the single-model ceilings at each distinct K·B."""
+    import jax
+
+    rows = []
+    common_kw = dict(steps=args.steps, warmup=args.warmup, repeats=args.repeats)
+    for dtype in args.dtypes:
+        setup = make_setup(make_model(args.model, dtype), args.pool, args.image_size)
+        points = [("lanes", k, b) for b in args.batch for k in args.lanes]
+        if not args.no_ceiling:
+            points += [("single", None, kb) for kb in sorted({k * b for b in args.batch for k in args.lanes})]
+        for kind, k, b in points:
+            row = {"kind": kind, "dtype": dtype, "lanes": k or 1, "batch": b, "images_per_step": (k or 1) * b}
+            try:
+                row.update(status="ok", **bench_point(setup, lanes=k, batch=b, **common_kw))
+            except jax.errors.JaxRuntimeError as e:
+                if not _is_oom(e):
+                    raise
+                row.update(status="oom", error=str(e).splitlines()[0][:300])
+            print(f"{kind:6s} {dtype:8s} K={row['lanes']:<4d} B={b:<5d} "
+                  + (f"{row['img_per_s']:12,.0f} img/s  compile {row['compile_s']:.1f}s" if row["status"] == "ok"
+                     else "out of memory"), flush=True)
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """One Markdown row per lanes point, with the single model at the same images per step beside it."""
+    single = {(r["dtype"], r["images_per_step"]): r for r in rows if r["kind"] == "single"}
+    columns = ["dtype", "B per lane", "K lanes", "images/step", "img/s (K lanes)", "img/s (1 model, batch K·B)",
+               "lanes / single", "step ms", "compile s"]
+    out = []
+    for r in rows:
+        if r["kind"] != "lanes":
+            continue
+        s = single.get((r["dtype"], r["images_per_step"]))
+        ok = r["status"] == "ok"
+        s_ips = s["img_per_s"] if s and s["status"] == "ok" else None
+        out.append([r["dtype"], r["batch"], r["lanes"], r["images_per_step"], r["img_per_s"] if ok else "OOM",
+                    s_ips if s else None, r["img_per_s"] / s_ips if ok and s_ips else None,
+                    r["step_ms"] if ok else None, r["compile_s"] if ok else None])
+    return columns, out
+
+
+def plot(rows: list[dict], path: Path, title: str) -> Path:
+    """img/s against K (log-log): a solid line per (B, dtype) for K lanes, dashed for one model at K·B."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = sorted({(r["dtype"], r["batch"]) for r in rows if r["kind"] == "lanes"})
+    for i, (dtype, b) in enumerate(series):
+        color = f"C{i % 10}"
+        pts = [r for r in rows if r["kind"] == "lanes" and r["dtype"] == dtype and r["batch"] == b
+               and r["status"] == "ok"]
+        ax.plot([r["lanes"] for r in pts], [r["img_per_s"] for r in pts], "o-", color=color,
+                label=f"{dtype} B={b}: K lanes")
+        ceiling = {r["images_per_step"]: r for r in rows if r["kind"] == "single" and r["dtype"] == dtype
+                   and r["status"] == "ok"}
+        cpts = [(r["lanes"], ceiling[r["images_per_step"]]["img_per_s"]) for r in pts
+                if r["images_per_step"] in ceiling]
+        if cpts:
+            ax.plot(*zip(*cpts), "s--", color=color, alpha=0.6, label=f"{dtype}: 1 model, batch K·{b}")
+    ax.set(xscale="log", yscale="log", xlabel="lanes K (vmapped models)", ylabel="training img/s", title=title)
+    lanes = sorted({r["lanes"] for r in rows if r["kind"] == "lanes"})
+    ax.set_xticks(lanes, [str(k) for k in lanes])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> dict:
+    """Run the grid; write ``<out>.json``, ``<out>.md`` and ``<out>.png``; return the result dict."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    rows = run_grid(args)
+    info = common.jax_device_info()
+    device = common.describe_device(info)
+    result = {
+        "benchmark": "throughput", "date": common.utc_now(), "command": common.command_line("throughput.py", argv),
+        "device": device, "device_info": info, "versions": common.versions(),
+        "config": {**vars(args), "optimizer": "torch_sgd(lr=1e-3, momentum=0.9, weight_decay=5e-4)"},
+        "rows": rows,
+    }
+    target = next((r for r in rows if r["kind"] == "lanes" and r["lanes"] == 64 and r["batch"] == 64
+                   and r["dtype"] == "bfloat16" and r["status"] == "ok"), None)
+    if target is not None and args.model == "resnet18" and args.image_size == 32:
+        result["target_64x64_bf16"] = {"img_per_s": target["img_per_s"], "target": 500_000,
+                                       "met": target["img_per_s"] >= 500_000}
+    out = Path(args.out)
+    columns, body = table(rows)
+    md = common.markdown_table(columns, body)
+    common.write_json(out.with_suffix(".json"), result)
+    common.write_markdown(out.with_suffix(".md"), {"date": result["date"], "device": device,
+                                                   "versions": result["versions"], "command": result["command"]},
+                          md)
+    plot(rows, out.with_suffix(".png"), f"train-step throughput, {args.model}, {device}")
+    print(md, end="")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""CPU smoke tests of the benchmark scripts at the tiniest sizes: outputs and their fields, never speed.
+
+``benchmarks/`` is a folder of scripts at the repository root (a namespace package), not part of the
+installed library, so the root goes on ``sys.path`` here.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common, throughput  # noqa: E402
+from benchmarks import unlearn_vs_pytorch as uvp  # noqa: E402
+
+TINY_UNLEARN = ["--data", "synthetic", "--image-size", "16", "--max-train", "36", "--max-eval", "16",
+                "--runs", "2", "--lanes", "2", "--procs", "2", "--original-epochs", "0", "--device", "cpu"]
+
+
+def test_unlearn_vs_pytorch_runs_all_three_backends_and_reports_every_field(tmp_path):
+    result = uvp.main([*TINY_UNLEARN, "--out", str(tmp_path / "uvp")])
+    on_disk = json.loads((tmp_path / "uvp.json").read_text())
+    assert on_disk["command"] == result["command"]
+    assert on_disk["command"].startswith("python benchmarks/unlearn_vs_pytorch.py --data synthetic")
+    assert on_disk["sizes"] == {"retain": 32, "forget": 4, "validation": 16, "test": 16}
+    backends = on_disk["backends"]
+    assert set(backends) == {"eager", "procs", "jax"}
+    assert backends["eager"]["workers"] == 1 and backends["procs"]["workers"] == 2
+    for name, b in backends.items():
+        assert b["runs_timed"] == 2 and not b["extrapolated"]
+        for key in ("img_per_s", "seconds_per_run", "wall_timed_s", "wall_for_R_s", "wall_for_R_incl_compile_s"):
+            assert math.isfinite(b[key]) and b[key] > 0, (name, key)
+        assert "peak_device_bytes" in b and b["host_peak_rss_bytes"] > 0
+        for split in ("retain", "test"):
+            acc = b["accuracy"][split]
+            assert acc["n"] == 2 and 0.0 <= acc["mean"] <= 1.0 and math.isfinite(acc["std"])
+    jax_b = backends["jax"]
+    assert jax_b["compile_s"] > 0 and jax_b["lanes"] == 2 and jax_b["chunks"] == 1
+    assert jax_b["wall_for_R_incl_compile_s"] == pytest.approx(jax_b["wall_for_R_s"] + jax_b["compile_s"])
+    assert {"jax_vs_eager", "jax_vs_procs", "procs_vs_eager"} <= set(on_disk["speedup"])
+    # The same original, evaluated by torch and by JAX: the evaluators agree (to one test image at most).
+    assert set(on_disk["original_acc_by_evaluator"]) == {"eager", "procs", "jax"}
+    assert on_disk["evaluators_max_abs_diff"] <= 1 / 16 + 1e-9
+    # Same recipe, same start, one step of lr 1e-3: the backends' models are equally accurate.
+    means = [b["accuracy"]["test"]["mean"] for b in backends.values()]
+    assert max(means) - min(means) <= 1 / 16 + 1e-9
+    assert isinstance(on_disk["accuracy_match"], bool) and len(on_disk["accuracy_checks"]) == 6
+    md = (tmp_path / "uvp.md").read_text()
+    assert "- command: python benchmarks/unlearn_vs_pytorch.py" in md and "| JAX / eager |" in md
+
+
+def test_unlearn_vs_pytorch_rejects_bad_flags():
+    with pytest.raises(SystemExit):
+        uvp.parse_args(["--backends", "eager,tensorflow"])
+    with pytest.raises(SystemExit):
+        uvp.parse_args(["--image-size", "16"])  # fashion-mnist is 32x32
+    with pytest.raises(SystemExit):
+        uvp.parse_args(["--runs", "0"])
+
+
+def test_eval_ids_are_evenly_spaced_and_accuracy_check_uses_noise_or_floor():
+    assert uvp.eval_ids(512, 4) == [0, 170, 341, 511]
+    assert uvp.eval_ids(3, 32) == [0, 1, 2]
+    acc = lambda m, s, n: {"accuracy": {"retain": {"mean": m, "std": s, "n": n},  # noqa: E731
+                                        "test": {"mean": m, "std": s, "n": n}}}
+    checks = uvp.compare_accuracy({"a": acc(0.90, 0.0, 8), "b": acc(0.905, 0.0, 8), "c": acc(0.80, 0.2, 4)}, 0.01)
+    assert checks["a-b/test"]["ok"] and checks["a-b/test"]["tolerance"] == 0.01
+    assert checks["a-c/retain"]["ok"]  # 0.1 apart but the spread is large: 3 * 0.2/2 = 0.3
+    assert not uvp.compare_accuracy({"a": acc(0.9, 0.0, 8), "b": acc(0.8, 0.0, 8)}, 0.01)["a-b/test"]["ok"]
+
+
+def test_throughput_quick_writes_json_markdown_and_plot(tmp_path):
+    out = tmp_path / "tp"
+    result = throughput.main(["--quick", "--model", "tiny", "--lanes", "2", "--no-ceiling", "--out", str(out)])
+    on_disk = json.loads(out.with_suffix(".json").read_text())
+    assert on_disk["command"] == result["command"]
+    (row,) = on_disk["rows"]
+    assert row["kind"] == "lanes" and row["lanes"] == 2 and row["batch"] == 8 and row["status"] == "ok"
+    assert row["images_per_step"] == 16
+    assert math.isfinite(row["img_per_s"]) and row["img_per_s"] > 0 and row["compile_s"] > 0
+    assert len(row["timing"]["times_s"]) == 2
+    assert on_disk["config"]["steps"] == 2 and on_disk["device_info"]["backend"] == "cpu"
+    assert "target_64x64_bf16" not in on_disk
+    assert "| float32 | 8 | 2 | 16 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_throughput_table_and_plot_pair_lanes_with_the_single_model_ceiling(tmp_path):
+    rows = [
+        {"kind": "lanes", "dtype": "bfloat16", "lanes": 1, "batch": 64, "images_per_step": 64, "status": "ok",
+         "img_per_s": 1000.0, "step_ms": 64.0, "compile_s": 1.0},
+        {"kind": "lanes", "dtype": "bfloat16", "lanes": 4, "batch": 64, "images_per_step": 256, "status": "ok",
+         "img_per_s": 3000.0, "step_ms": 85.0, "compile_s": 2.0},
+        {"kind": "lanes", "dtype": "bfloat16", "lanes": 8, "batch": 64, "images_per_step": 512, "status": "oom"},
+        {"kind": "single", "dtype": "bfloat16", "lanes": 1, "batch": 256, "images_per_step": 256, "status": "ok",
+         "img_per_s": 4000.0, "step_ms": 64.0, "compile_s": 1.0},
+    ]
+    columns, body = throughput.table(rows)
+    assert len(body) == 3 and len(columns) == len(body[0])
+    assert body[1][4:7] == [3000.0, 4000.0, 0.75]
+    assert body[2][4] == "OOM" and body[0][5] is None
+    assert throughput.plot(rows, tmp_path / "p.png", "t").stat().st_size > 1000
+
+
+def test_common_helpers_format_tables_and_write_numpy_json(tmp_path):
+    t = common.Timing.of([3.0, 1.0, 2.0])
+    assert (t.median, t.min, t.max) == (2.0, 1.0, 3.0)
+    table = common.markdown_table(["a", "b", "c"], [[1234567, 0.012345, None], [True, float("nan"), "x"]])
+    assert table.splitlines()[2] == "| 1,234,567 | 0.0123 | — |"
+    assert table.splitlines()[3] == "| yes | nan | x |"
+    with pytest.raises(ValueError):
+        common.markdown_table(["a"], [[1, 2]])
+    path = common.write_json(tmp_path / "x.json", {"a": np.float32(1.5), "b": np.arange(2), "t": t})
+    assert json.loads(path.read_text()) == {"a": 1.5, "b": [0, 1], "t": {"median": 2.0, "min": 1.0, "max": 3.0,
+                                                                        "times": [3.0, 1.0, 2.0]}}
+    assert common.versions()["jax"] is not None
+    assert common.command_line("x.py", ["--a", "b c"]) == "python benchmarks/x.py --a 'b c'"
