@@ -1,30 +1,38 @@
-"""A whole run as one pure function of ``(key, start_variables, data)``, and N of them vmapped in chunks.
+"""A whole run as one pure function of ``(key, start_variables, data[, hyper])``, and N of them vmapped.
 
-``make_run`` turns a :class:`~jax_unlearn.methods.Method` into ``run(key, start_variables, data)``:
-``lax.scan`` over epochs (each epoch a ``lax.scan`` over steps), per-epoch tracking computed on device.
-``run_seeds`` applies ``jax.jit(jax.vmap(run, in_axes=(0, None, None)))`` to chunks of K seed keys — one
-compilation for all chunks — and hands each finished chunk to a callback (which saves it).
+``make_run`` turns a :class:`~jax_unlearn.methods.Method` — or a ``build(hyper) -> Method`` closure, for
+per-lane hyper-parameter sweeps — into ``run(key, start_variables, data, hyper=None)``: ``lax.scan`` over
+epochs (each epoch a ``lax.scan`` over steps), per-epoch tracking computed on device. ``run_seeds`` applies
+``jax.jit(jax.vmap(run))`` to chunks of K seed lanes — one compilation for all chunks — sharded over every
+visible device along a ``seed`` mesh axis, and hands each finished chunk to a callback (which saves it).
 
 Keys: seed ``i`` uses ``fold_in(key(base_seed), i)``, so a seed's result does not depend on the chunk it
-ran in, and a resumed job recomputes exactly the chunks it lacks.
+ran in nor on how many devices ran it, and a resumed job recomputes exactly the chunks it lacks.
+
+Multi-host: call :func:`init_distributed` first in every process; ``jax.devices()`` then lists the devices
+of all hosts and ``run_seeds`` shards each chunk's lanes over all of them (JAX's own multi-controller
+runtime, no scheduler of ours).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_unlearn.data.types import UnlearningData
 from jax_unlearn.engine.train import Context, DeviceData, accuracy
 from jax_unlearn.methods.base import Method
 
 TRACK_SPLITS = ("retain", "forget", "validation")
+LANE_AXIS = "seed"  # the mesh axis the lanes (seeds, sweep settings) are sharded over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,48 +70,104 @@ def context_for(data: UnlearningData, model, class_counts=None) -> Context:
     return Context(model, data.normalization, sizes, tuple(int(c) for c in class_counts))
 
 
-def make_run(ctx: Context, method: Method, config: RunConfig = RunConfig()):
-    """``run(key, start_variables, data) -> (variables, metrics[, snapshots])`` for one seed.
-
-    ``metrics``: dict of (num_epochs,) arrays — the method's own (e.g. ``loss``) and, when tracking,
-    ``{split}_acc``. ``snapshots`` (when ``snapshot_every=k``): variables stacked over the
-    ``num_epochs // k`` stage ends.
-    """
-    epochs, every = method.num_epochs, config.snapshot_every
+def _static_epochs(method: Method, every: int | None) -> int:
+    epochs = method.num_epochs
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool):
+        raise TypeError(f"num_epochs must be a Python int (the static scan length), got {type(epochs).__name__}; "
+                        f"a build(hyper) closure must pass the static maximum for epochs")
     if every is not None and (every <= 0 or epochs % every):
         raise ValueError(f"snapshot_every={every} must divide the method's {epochs} epochs")
+    return int(epochs)
 
-    def track(state, data):
+
+def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], Method],
+             config: RunConfig = RunConfig()):
+    """``run(key, start_variables, data, hyper=None) -> (variables, metrics[, snapshots])`` for one seed.
+
+    Args:
+      ctx: the static context (model, normalisation, split sizes).
+      method: a built :class:`Method`, or ``build(hyper) -> Method``. A closure is called *inside* the
+        traced function with that lane's ``hyper``, so float hyper-parameters (lr, momentum, α, T, …)
+        are traced per-lane scalars (optax takes traced scalars); structural ones (batch size, the
+        number of epochs scanned) stay Python ints in the closure.
+      config: tracking and snapshots.
+
+    ``hyper`` (per lane; under ``jax.vmap`` pass it with ``in_axes=0`` like the key): a dict of scalars.
+    Its ``epochs`` entry, when present, is the lane's number of epochs ≤ ``num_epochs`` ("epochs as step
+    masks"): epochs ``e >= hyper['epochs']`` leave the state untouched (``lax.cond``; parameters, optimiser
+    state and BatchNorm statistics bit-identical) and report a nan ``loss``, so such a lane computes
+    exactly the first ``hyper['epochs']`` epochs of the ``num_epochs`` program — a true k-epoch run
+    whenever the method's schedule does not depend on the total (see :mod:`jax_unlearn.sweep` for
+    schedules that do). A fixed ``Method`` accepts only ``epochs`` per lane.
+
+    Returns, per seed: ``variables``; ``metrics`` a dict of (num_epochs,) arrays — the method's own
+    (e.g. ``loss``) and, when tracking, ``{split}_acc``; ``snapshots`` (when ``snapshot_every=k``):
+    variables stacked over the ``num_epochs // k`` stage ends.
+    """
+    every = config.snapshot_every
+    if isinstance(method, Method):
+        _static_epochs(method, every)  # fail before tracing
+
+    def build(hyper) -> Method:
+        if isinstance(method, Method):
+            extra = sorted(set(hyper) - {"epochs"})
+            if extra:
+                raise ValueError(f"per-lane hyper-parameters {extra} need a build(hyper) -> Method closure; "
+                                 f"a built Method takes only 'epochs' per lane")
+            return method
+        return method(hyper)
+
+    def track(m: Method, state, data):
         if not config.track:
             return {}
-        variables = method.variables(state)
+        variables = m.variables(state)
         out = {}
         for split in TRACK_SPLITS:
             images, labels = data[split]
             out[f"{split}_acc"] = accuracy(ctx, variables, images[:config.track_max], labels[:config.track_max])
         return out
 
-    def run(key, start_variables, data: DeviceData):
+    def run(key, start_variables, data: DeviceData, hyper: Mapping[str, Any] | None = None):
+        hyper = dict(hyper or {})
+        m = build(hyper)
+        epochs = _static_epochs(m, every)
+        lane_epochs = hyper.get("epochs")
         k_init, k_epochs = jax.random.split(key)
-        state = method.init(k_init, start_variables, data)
+        state = m.init(k_init, start_variables, data)
+
+        def epoch_of(state, e):
+            k = jax.random.fold_in(k_epochs, e)
+            if lane_epochs is None:
+                return m.epoch(state, k, data)
+
+            def skip(state):
+                shapes = jax.eval_shape(m.epoch, state, k, data)[1]
+                return state, jax.tree_util.tree_map(lambda s: jnp.full(s.shape, _blank(s.dtype), s.dtype), shapes)
+
+            return jax.lax.cond(e < lane_epochs, lambda s: m.epoch(s, k, data), skip, state)
 
         def one_epoch(state, e):
-            state, metrics = method.epoch(state, jax.random.fold_in(k_epochs, e), data)
-            return state, {**metrics, **track(state, data)}
+            state, metrics = epoch_of(state, e)
+            return state, {**metrics, **track(m, state, data)}
 
         if every is None:
             state, metrics = jax.lax.scan(one_epoch, state, jnp.arange(epochs))
-            return method.variables(state), metrics
+            return m.variables(state), metrics
 
         def stage(state, s):
             state, metrics = jax.lax.scan(one_epoch, state, s * every + jnp.arange(every))
-            return state, (metrics, method.variables(state))
+            return state, (metrics, m.variables(state))
 
         state, (metrics, snaps) = jax.lax.scan(stage, state, jnp.arange(epochs // every))
-        metrics = jax.tree_util.tree_map(lambda m: m.reshape(epochs, *m.shape[2:]), metrics)
-        return method.variables(state), metrics, snaps
+        metrics = jax.tree_util.tree_map(lambda a: a.reshape(epochs, *a.shape[2:]), metrics)
+        return m.variables(state), metrics, snaps
 
     return run
+
+
+def _blank(dtype):
+    """What a skipped epoch reports for a metric: nan for floats, 0 otherwise."""
+    return jnp.nan if jnp.issubdtype(dtype, jnp.floating) else 0
 
 
 def seed_keys(base_seed: int, ids: Sequence[int] | np.ndarray) -> jax.Array:
@@ -113,47 +177,164 @@ def seed_keys(base_seed: int, ids: Sequence[int] | np.ndarray) -> jax.Array:
 
 
 def default_chunk_size(n_seeds: int, per_lane_bytes: int = 600 * 2**20) -> int:
-    """Lanes per chunk: from the device's free memory (half of it, ``per_lane_bytes`` a lane) on
-    accelerators; 8 on CPU. Never more than ``n_seeds``."""
-    device = jax.devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
+    """Lanes per chunk: per device from its free memory (half of it, ``per_lane_bytes`` a lane) times the
+    number of devices on accelerators; 8 on CPU. Never more than ``n_seeds``."""
+    devices = jax.devices()
+    stats = devices[0].memory_stats() if devices[0].platform != "cpu" else None
     if stats and "bytes_limit" in stats:
         free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-        k = max(1, int(free * 0.5 // per_lane_bytes))
+        k = max(1, int(free * 0.5 // per_lane_bytes)) * len(devices)
     else:
         k = 8
     return max(1, min(n_seeds, k))
 
 
+def init_distributed(env: Mapping[str, str] | None = None) -> bool:
+    """Join a multi-host job: ``jax.distributed.initialize()`` when the environment asks for it.
+
+    Call it first thing in every process (before any JAX computation). It initialises when
+    ``JAX_COORDINATOR_ADDRESS`` is set (with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, or the values
+    JAX detects from SLURM / Open MPI / Kubernetes / Cloud TPU), or when ``JAX_UNLEARN_DISTRIBUTED=1``
+    (everything auto-detected). Otherwise it does nothing. Returns whether this process is part of a
+    multi-process job. After it, ``jax.devices()`` lists all hosts' devices and :func:`run_seeds` shards
+    lanes over all of them; every process runs the same program (same seeds, same chunks).
+
+    Not tested on real multiple hosts here (one machine, no cluster); the single-host multi-device path
+    is tested with ``--xla_force_host_platform_device_count``.
+    """
+    env = os.environ if env is None else env
+    if getattr(jax.distributed, "is_initialized", lambda: False)():
+        return jax.process_count() > 1
+    if not env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_UNLEARN_DISTRIBUTED") != "1":
+        return False
+    kwargs = {}
+    if env.get("JAX_NUM_PROCESSES"):
+        kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+    if env.get("JAX_PROCESS_ID"):
+        kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+    jax.distributed.initialize(env.get("JAX_COORDINATOR_ADDRESS") or None, **kwargs)
+    return jax.process_count() > 1
+
+
+def _put(tree, sharding):
+    """Place a host-identical pytree with ``sharding`` (works across processes: each one supplies the
+    shards its devices hold)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _to_host(tree):
+    if jax.process_count() == 1:
+        return jax.tree_util.tree_map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def lane_runner(run: Callable, base_seed: int, start_variables, data: DeviceData, *, n_lanes: int,
+                devices: Sequence[jax.Device] | None = None):
+    """``call(ids, hyper=None) -> outputs``: ``run`` vmapped over ``n_lanes`` seed ids, jitted once.
+
+    ``ids`` (n_lanes,) int and ``hyper`` (a dict of (n_lanes,) arrays or None) are host arrays. With more
+    than one device, ``n_lanes`` must be a multiple of their number: ids and hyper are placed with
+    ``NamedSharding(Mesh(devices, ('seed',)), P('seed'))``, start variables and data replicated, and the
+    outputs come back sharded along the same axis (each device computes its own lanes; BatchNorm never
+    reduces over lanes, so the result does not depend on the device count). Keys are
+    ``fold_in(key(base_seed), id)`` computed on device, exactly :func:`seed_keys`.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if n_lanes % len(devices):
+        raise ValueError(f"{n_lanes} lanes do not divide over {len(devices)} devices")
+    base = jax.random.key(base_seed)
+
+    def many(ids, start, data, hyper):
+        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
+        if hyper is None:
+            return jax.vmap(run, in_axes=(0, None, None))(keys, start, data)
+        return jax.vmap(run, in_axes=(0, None, None, 0))(keys, start, data, hyper)
+
+    if len(devices) == 1:
+        place_lanes = lambda tree: jax.device_put(tree, devices[0])  # noqa: E731
+        start_variables, data = jax.device_put((start_variables, data), devices[0])
+        fn = jax.jit(many)
+    else:
+        mesh = Mesh(np.asarray(devices), (LANE_AXIS,))
+        by_lane, replicated = NamedSharding(mesh, PartitionSpec(LANE_AXIS)), NamedSharding(mesh, PartitionSpec())
+        place_lanes = lambda tree: _put(tree, by_lane)  # noqa: E731
+        start_variables, data = _put((start_variables, data), replicated)
+        fn = jax.jit(many, out_shardings=by_lane)
+
+    def call(ids, hyper=None):
+        ids = np.asarray(ids, np.uint32)
+        if ids.shape != (n_lanes,):
+            raise ValueError(f"expected {n_lanes} ids, got shape {ids.shape}")
+        hyper = None if hyper is None else {k: np.asarray(v) for k, v in hyper.items()}
+        return fn(place_lanes(ids), start_variables, data, None if hyper is None else place_lanes(hyper))
+
+    return call
+
+
+def _check_lane_hyper(hyper: Mapping[str, Any] | None, n_seeds: int):
+    if hyper is None:
+        return None
+    out = {k: np.asarray(v) for k, v in hyper.items()}
+    bad = {k: v.shape for k, v in out.items() if v.shape != (n_seeds,)}
+    if bad:
+        raise ValueError(f"per-lane hyper-parameters must have shape ({n_seeds},), one value per seed; got {bad}")
+    return out
+
+
 def run_seeds(run: Callable, n_seeds: int, base_seed: int, start_variables, data: DeviceData, *,
               chunk_size: int, on_chunk: Callable[[int, np.ndarray, object], None],
               done: Callable[[int], bool] = lambda c: False, images_per_seed: int | None = None,
-              progress: bool | None = None, desc: str = "seeds") -> None:
-    """Run seeds ``0..n_seeds-1`` in chunks of ``chunk_size`` lanes; ``on_chunk(c, ids, outputs)`` gets the
+              progress: bool | None = None, desc: str = "seeds", hyper: Mapping[str, Any] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> None:
+    """Run seeds ``0..n_seeds-1`` in chunks of ``chunk_size`` seeds; ``on_chunk(c, ids, outputs)`` gets the
     host copy of each chunk's outputs (leading axis = the ``ids`` lanes). Chunks with ``done(c)`` are
-    skipped (resume). The last chunk is padded with extra seed ids (no recompilation); their results are
-    dropped. A tqdm bar shows chunks and img/s when stderr is a terminal (``progress=None``).
+    skipped (resume). A tqdm bar shows chunks and img/s when stderr is a terminal (``progress=None``).
+
+    ``hyper``: per-seed hyper-parameters, a dict of (n_seeds,) arrays; seed ``i`` runs
+    ``run(key_i, start, data, {k: v[i]})`` (``run`` from :func:`make_run` with a ``build`` closure).
+
+    Devices (``jax.devices()`` unless given; all hosts' after :func:`init_distributed`): each chunk's
+    lanes are sharded over them (:func:`lane_runner`). The compiled program holds ``chunk_size`` rounded
+    up to a multiple of the device count lanes; the extra lanes — and, in the last chunk, lanes past
+    ``n_seeds`` — run padding seed ids whose results are dropped, so chunk ``c`` always holds seeds
+    ``c·chunk_size …`` (a run folder resumes the same whatever the device count). Pick a ``chunk_size``
+    that is a multiple of the device count to waste nothing. In a multi-process job every process gets
+    every chunk's full outputs; ``on_chunk`` and ``done`` must agree across processes (e.g. save on
+    process 0 only, to a shared folder).
     """
     if n_seeds < 1 or chunk_size < 1:
         raise ValueError(f"n_seeds and chunk_size must be >= 1, got {n_seeds}, {chunk_size}")
+    hyper = _check_lane_hyper(hyper, n_seeds)
+    devices = list(jax.devices() if devices is None else devices)
     chunk_size = min(chunk_size, n_seeds)
+    n_lanes = math.ceil(chunk_size / len(devices)) * len(devices)
     n_chunks = math.ceil(n_seeds / chunk_size)
-    fn = jax.jit(jax.vmap(run, in_axes=(0, None, None)))
+    call = lane_runner(run, base_seed, start_variables, data, n_lanes=n_lanes, devices=devices)
     todo = [c for c in range(n_chunks) if not done(c)]
     from tqdm.auto import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=n_chunks, initial=n_chunks - len(todo), desc=desc, unit="chunk", disable=not show) as bar:
         for c in todo:
-            ids = np.arange(c * chunk_size, (c + 1) * chunk_size)
+            ids = c * chunk_size + np.arange(n_lanes)
+            keep = (np.arange(n_lanes) < chunk_size) & (ids < n_seeds)
+            lane_hyper = None if hyper is None else {k: v[np.minimum(ids, n_seeds - 1)] for k, v in hyper.items()}
             start = time.perf_counter()
-            out = jax.block_until_ready(fn(seed_keys(base_seed, ids), start_variables, data))
+            out = jax.block_until_ready(call(ids, lane_hyper))
             seconds = time.perf_counter() - start
-            keep = ids < n_seeds
-            host = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], out)
+            host = jax.tree_util.tree_map(lambda a: a[keep], _to_host(out))
             on_chunk(c, ids[keep], host)
             if images_per_seed:
-                bar.set_postfix(img_s=f"{images_per_seed * chunk_size / seconds:,.0f}")
+                bar.set_postfix(img_s=f"{images_per_seed * int(keep.sum()) / seconds:,.0f}")
             bar.update(1)
 
 

@@ -1,0 +1,168 @@
+"""SISA: the partition, shard training = the engine's supervised recipe on the shard, exact unlearning that
+retrains only affected shards and never reads forgotten data, mean-softmax aggregation; vmap over seeds."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from engine.conftest import synthetic_split  # tests/ is on sys.path (tests/conftest.py)
+from jax_unlearn.data.types import Normalization, UnlearningData
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
+from jax_unlearn.engine.train import Context, predict
+from jax_unlearn.methods.finetune import supervised
+from jax_unlearn.methods.sisa import Shards, aggregate_log_probs, aggregate_probs, make_sisa_run, sisa
+from jax_unlearn.models import ResNet
+
+# XLA's CPU compile time dominates; unoptimised code is fine for a tiny model (both sides of every
+# comparison are compiled the same way).
+FAST = {"xla_backend_optimization_level": 0}
+HYPER = dict(num_shards=5, epochs=2, batch_size=8, lr=0.05, momentum=0.9)
+N_RETAIN, N_TRAIN = 45, 55  # tiny_data: 45 retain + 10 forget
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """tests/engine's tiny data (4 classes, 45 retain / 10 forget) and tiny ResNet."""
+    rng = np.random.default_rng(0)
+    tiny_data = UnlearningData(
+        retain=synthetic_split(rng, 45), forget=synthetic_split(rng, 10), validation=synthetic_split(rng, 12),
+        test=synthetic_split(rng, 12), num_classes=4,
+        normalization=Normalization(scale=1 / 255, mean=(0.5,) * 3, std=(0.25,) * 3), description={})
+    ctx = context_for(tiny_data, ResNet(stage_sizes=(1, 1), num_classes=4, width=4))
+    assert (ctx.size("retain"), ctx.size("train")) == (N_RETAIN, N_TRAIN)
+    return ctx, device_data(tiny_data)
+
+
+@pytest.fixture(scope="module")
+def runs(setup):
+    """Two seeds of a whole SISA run (partition, train, unlearn), vmapped, and ``single``: the same run
+    for one seed, jitted alone, taking its shards as an argument."""
+    ctx, data = setup
+    run = make_sisa_run(ctx, **HYPER)
+    return (seed_keys(0, [0, 1]), jax.jit(jax.vmap(run, in_axes=(0, None)), compiler_options=FAST),
+            jax.jit(run, compiler_options=FAST))
+
+
+@pytest.fixture(scope="module")
+def vmapped(setup, runs):
+    keys, many, _ = runs
+    return many(keys, setup[1])
+
+
+def _partition(ctx, key):
+    return sisa(ctx, **HYPER).partition(jax.random.split(key)[0])
+
+
+def _lane(tree, i):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a[i]), tree)
+
+
+def _max_rel(a, b):
+    errs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y)) / max(np.max(np.abs(y)), 1e-12)), a, b))
+    return max(errs)
+
+
+def test_partition_is_the_references_uniform_split_of_a_seeded_permutation(setup):
+    ctx, _ = setup
+    for s, sizes in [(5, [11] * 5), (4, [13, 13, 13, 16])]:
+        shards = sisa(ctx, num_shards=s).partition(jax.random.key(3))
+        member, index = np.asarray(shards.member), np.asarray(shards.index)
+        assert list(member.sum(1)) == sizes
+        assert sorted(index[member]) == list(range(N_TRAIN))  # disjoint, covers the train split
+    other = sisa(ctx, num_shards=5).partition(jax.random.key(4))
+    assert not np.array_equal(other.index, sisa(ctx, num_shards=5).partition(jax.random.key(3)).index)
+    with pytest.raises(ValueError, match="num_shards"):
+        sisa(ctx, num_shards=N_TRAIN + 1)
+
+
+def test_shard_training_is_the_supervised_recipe_on_the_shard(setup, runs, vmapped):
+    """A full shard trains exactly like ``supervised`` from scratch on a split holding the shard's data."""
+    ctx, data = setup
+    key = runs[0][0]
+    index = np.asarray(_partition(ctx, key).index[2])
+    shard_data = {"shard": (data["train"][0][index], data["train"][1][index])}
+    shard_ctx = Context(ctx.model, ctx.normalization, {"shard": len(index)}, ctx.class_counts)
+    recipe = supervised(shard_ctx, split="shard", epochs=2, batch_size=8, optimizer="sgd", lr=0.05, momentum=0.9,
+                        weight_decay=0.0, from_scratch=True)
+    alone, _ = jax.jit(make_run(shard_ctx, recipe, RunConfig(track=False)), compiler_options=FAST)(
+        jax.random.fold_in(jax.random.split(key)[1], 2), None, shard_data)
+    assert _max_rel(_lane(_lane(vmapped["original"], 0), 2), alone) <= 1e-5
+
+
+def test_unlearning_retrains_only_affected_shards(setup, runs):
+    ctx, data = setup
+    keys, _, single = runs
+    rows = np.concatenate([np.arange(N_RETAIN, N_TRAIN), [0], np.arange(1, N_RETAIN)]).reshape(5, 11)
+    shards = Shards(jnp.asarray(rows, jnp.int32), jnp.ones((5, 11), bool))  # every forget example in shard 0
+    out = single(keys[0], data, shards)
+    report, kept = out["report"], out["shards"]
+    np.testing.assert_array_equal(report["affected"], [True, False, False, False, False])
+    assert int(report["shards_retrained"]) == 1 and float(report["shard_fraction"]) == pytest.approx(0.2)
+    assert int(report["examples_retrained"]) == 1 and float(report["example_fraction"]) == pytest.approx(1 / 45)
+    assert int(report["forgotten"]) == 10 and int(np.asarray(kept.member).sum()) == N_RETAIN
+    for s in range(1, 5):  # untouched shards: bit-identical
+        jax.tree_util.tree_map(np.testing.assert_array_equal, _lane(out["unlearned"], s), _lane(out["original"], s))
+    assert not np.allclose(_lane(out["unlearned"], 0)["params"]["fc"]["kernel"],
+                           _lane(out["original"], 0)["params"]["fc"]["kernel"])
+    # The stand-alone unlearn on the trained ensemble gives the same ensemble.
+    unlearn = jax.jit(sisa(ctx, **HYPER).unlearn, compiler_options=FAST)
+    again, again_kept, _ = unlearn(jax.random.split(keys[0])[1], out["original"], shards, data)
+    np.testing.assert_array_equal(again_kept.member, kept.member)
+    assert _max_rel(again, out["unlearned"]) <= 1e-5
+
+
+def test_retrained_shards_never_see_forget_data(setup, runs):
+    ctx, data = setup
+    keys, _, single = runs
+    shards = _partition(ctx, keys[0])
+    out = single(keys[0], data, shards)
+    index, member = np.asarray(out["shards"].index), np.asarray(out["shards"].member)
+    assert not (member & (index >= N_RETAIN)).any()
+    np.testing.assert_array_equal(member, np.asarray(shards.member) & (index < N_RETAIN))
+    affected = np.asarray(out["report"]["affected"])
+    assert int(out["report"]["forgotten"]) == 10 and affected.any()
+    # The same run with the forgotten images and labels replaced: the original shards that held them
+    # change, the retrained ones are bit-identical.
+    images, labels = (np.array(a) for a in data["train"])
+    images[N_RETAIN:] = np.random.default_rng(1).integers(0, 256, images[N_RETAIN:].shape, dtype=np.uint8)
+    labels[N_RETAIN:] = (labels[N_RETAIN:] + 1) % 4
+    again = single(keys[0], {**data, "train": (jnp.asarray(images), jnp.asarray(labels))}, shards)
+    retrained = np.flatnonzero(affected)
+    pick = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[retrained], tree)  # noqa: E731
+    jax.tree_util.tree_map(np.testing.assert_array_equal, pick(again["unlearned"]), pick(out["unlearned"]))
+    assert not np.allclose(pick(again["original"])["params"]["fc"]["kernel"],
+                           pick(out["original"])["params"]["fc"]["kernel"])
+
+
+def test_aggregate_is_the_mean_softmax_of_the_shards(setup, vmapped):
+    ctx, data = setup
+    models = _lane(vmapped["original"], 0)
+    images = data["test"][0]
+    probs, log_probs = jax.jit(lambda m: (aggregate_probs(ctx, m, images, batch_size=5),
+                                          aggregate_log_probs(ctx, m, images)), compiler_options=FAST)(models)
+    one = jax.jit(lambda v: jax.nn.softmax(predict(ctx, v, images)), compiler_options=FAST)
+    np.testing.assert_allclose(probs, np.mean([one(_lane(models, s)) for s in range(5)], axis=0), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(np.sum(probs, -1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.exp(log_probs), probs, rtol=1e-5)
+
+
+def test_seeds_vmap_differ_and_equal_single_runs(setup, runs, vmapped):
+    ctx, data = setup
+    keys, _, single = runs
+    many = vmapped
+    alone = single(keys[1], data, _partition(ctx, keys[1]))  # seed 1 on its own (its partition passed in)
+    assert _max_rel(alone["original"], _lane(many["original"], 1)) <= 1e-5
+    assert _max_rel(alone["unlearned"], _lane(many["unlearned"], 1)) <= 1e-5
+    np.testing.assert_array_equal(alone["shards"].index, many["shards"].index[1])
+    a, b = (_lane(many["original"], i)["params"]["fc"]["kernel"] for i in (0, 1))
+    assert not np.allclose(a, b)
+    assert not np.array_equal(many["shards"].index[0], many["shards"].index[1])
+    assert np.isfinite(np.asarray(many["loss"])).all() and many["loss"].shape == (2, 5, 2)
+    assert many["report"]["shards_retrained"].shape == (2,)
+
+
+def test_unknown_hyper_parameter_fails_by_name(setup):
+    with pytest.raises(ValueError, match="slices"):
+        make_sisa_run(setup[0], slices=2)
