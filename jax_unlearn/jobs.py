@@ -20,6 +20,7 @@ from jax_unlearn.methods import build_method, get_method
 from jax_unlearn.methods.finetune import original
 from jax_unlearn.models import ResNet18
 from jax_unlearn.runs import RunFolder
+from jax_unlearn.sweep import plan_sweep, split_hyper
 
 
 def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32"):
@@ -40,6 +41,10 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     Seed ``i`` uses key ``fold_in(key(base_seed), i)``. A folder holding the same config resumes (finished
     chunks are kept); one holding another config is refused. ``start_variables`` may be None only for
     methods that train from scratch (``retrain``). ``model`` overrides the ResNet-18 (tests use tiny ones).
+
+    Sweeps: list-valued ``hyper`` entries (e.g. ``{'lr': [1e-3, 1e-2]}``) run every setting of their grid
+    with ``n_seeds`` lanes each in one vmapped program (:mod:`jax_unlearn.sweep`); the folder then holds
+    ``n_settings * n_seeds`` models and ``config.json['sweep']['lane_hyper']`` says which lane ran what.
     """
     hyper = dict(hyper or {})
     info = get_method(method)
@@ -47,7 +52,12 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
     model = model if model is not None else make_model(data.num_classes, stem, dtype)
     ctx = context_for(data, model, class_counts)
-    m = build_method(method, ctx, **hyper)
+    plan = plan_sweep(method, ctx, hyper, n_seeds) if split_hyper(hyper)[1] else None
+    if plan is not None:  # list-valued hyper-parameters: n_seeds lanes per setting, one program
+        seeds_per_setting, n_seeds = n_seeds, plan.n_lanes
+        m = plan.build({k: v[0] for k, v in plan.lane_hyper.items()})
+    else:
+        m = build_method(method, ctx, **hyper)
     chunk_size = min(chunk_size or default_chunk_size(n_seeds), n_seeds)
     if start_variables is None:
         if method != "retrain":
@@ -60,9 +70,12 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
               "chunk_size": chunk_size, "track": run_config.track, "track_max": run_config.track_max,
               "snapshot_every": run_config.snapshot_every, "num_classes": data.num_classes, "stem": stem,
               "dtype": dtype, "data": dict(data.description), **(extra_config or {})}
+    if plan is not None:
+        config["sweep"] = {"seeds_per_setting": seeds_per_setting,
+                           "lane_hyper": {k: v.tolist() for k, v in plan.lane_hyper.items()}}
     folder = RunFolder(out)
     folder.start(config, {**data.description, "sizes": data.sizes()})
-    run = make_run(ctx, m, run_config)
+    run = make_run(ctx, m if plan is None else plan.build, run_config)
 
     def save(c, ids, outputs):
         variables, metrics, *snaps = outputs
@@ -71,8 +84,7 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
 
     run_seeds(run, n_seeds, base_seed, start_variables, device_data(data), chunk_size=chunk_size,
               on_chunk=save, done=folder.chunk_done, images_per_seed=ctx.size("retain") * m.num_epochs,
-              progress=progress,
-              desc=method)
+              progress=progress, desc=method, hyper=None if plan is None else plan.lane_hyper)
     folder.write_metrics()
     return folder
 

@@ -119,3 +119,19 @@ def test_export_writes_n_pth_files_and_a_zip_of_exactly_n(tmp_path, tiny_data):
     a = torch.load(staged[0], weights_only=True)
     b = torch.load(paths[0], weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_list_valued_hyper_runs_a_sweep_in_one_population(tmp_path, tiny_data, tiny_model, start):
+    folder = run_population(tmp_path / "sweep", "finetune", tiny_data, start_variables=start, n_seeds=2,
+                            hyper={"epochs": 1, "batch_size": 16, "lr": [0.01, 0.2]}, model=tiny_model,
+                            progress=False, chunk_size=4, run_config=RunConfig(track=False))
+    cfg = folder.config
+    assert cfg["n_seeds"] == 4 and cfg["sweep"]["seeds_per_setting"] == 2
+    assert sorted(cfg["sweep"]["lane_hyper"]["lr"]) == pytest.approx([0.01, 0.01, 0.2, 0.2])
+    models = [v for _, v in folder.iter_models()]
+    assert len(models) == 4
+    lr = cfg["sweep"]["lane_hyper"]["lr"]
+    small, big = int(np.argmin(lr)), int(np.argmax(lr))
+    move = [float(np.abs(np.asarray(models[i]["params"]["fc"]["kernel"]) - start["params"]["fc"]["kernel"]).max())
+            for i in (small, big)]
+    assert move[1] > 2 * move[0]  # the lane with 20x the learning rate moved further
