@@ -15,6 +15,13 @@ from jax_unlearn.methods.base import Method, register
 from jax_unlearn.models import init_variables
 
 
+def inverse_count_weights(ctx: Context):
+    """Class weights ``1 / count`` (C,) from ``ctx.class_counts`` — the official recipe's weighting."""
+    if ctx.class_counts is None:
+        raise ValueError("class_weighted=True needs ctx.class_counts")
+    return 1.0 / jnp.maximum(jnp.asarray(ctx.class_counts, jnp.float32), 1.0)
+
+
 def supervised(ctx: Context, *, split: str, epochs: int, batch_size: int, optimizer: str, lr: float,
                weight_decay: float, momentum: float = 0.0, t_max: int | None = None,
                class_weighted: bool = False, augment: bool = False, from_scratch: bool = False) -> Method:
@@ -32,12 +39,7 @@ def supervised(ctx: Context, *, split: str, epochs: int, batch_size: int, optimi
     if optimizer == "sgd":
         hyper["momentum"] = momentum
     tx = make_optimizer(optimizer, **hyper)
-    if class_weighted:
-        if ctx.class_counts is None:
-            raise ValueError("class_weighted=True needs ctx.class_counts")
-        weights = 1.0 / jnp.maximum(jnp.asarray(ctx.class_counts, jnp.float32), 1.0)
-    else:
-        weights = None
+    weights = inverse_count_weights(ctx) if class_weighted else None
     step = supervised_step(ctx, tx, lambda logits, y, mask: cross_entropy(logits, y, mask, weights))
 
     def init(key, start_variables, data):

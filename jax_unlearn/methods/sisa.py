@@ -55,6 +55,7 @@ from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import cosine_annealing_per_epoch, make_optimizer
 from jax_unlearn.engine.train import Context, DeviceData, create_state, predict, supervised_step, variables_of
 from jax_unlearn.models import init_variables
+from jax_unlearn.methods.finetune import inverse_count_weights
 
 DEFAULTS = dict(num_shards=5, epochs=20, batch_size=16, optimizer="sgd", lr=1e-3, momentum=0.0,
                 weight_decay=0.0)  # cleverhans-lab/machine-unlearning sisa.py / paper defaults
@@ -117,12 +118,7 @@ def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int
     n, n_retain = ctx.size("train"), ctx.size("retain")
     q, m = _shard_layout(n, num_shards)
     steps = math.ceil(m / batch_size)
-    if class_weighted:
-        if ctx.class_counts is None:
-            raise ValueError("class_weighted=True needs ctx.class_counts")
-        weights = 1.0 / jnp.maximum(jnp.asarray(ctx.class_counts, jnp.float32), 1.0)
-    else:
-        weights = None
+    weights = inverse_count_weights(ctx) if class_weighted else None
     loss_fn = lambda logits, y, mask: cross_entropy(logits, y, mask, weights)  # noqa: E731
 
     def partition(key) -> Shards:
