@@ -1,0 +1,371 @@
+"""Teacher–student unlearning — Bad Teacher and SCRUB — plus the shared pieces the noise methods reuse.
+
+Conventions shared by every method here (and by :mod:`jax_unlearn.methods.noise`):
+
+* The original model is the *competent teacher*. It arrives as ``start_variables`` and is carried in the
+  method state unchanged (the protocol's ``epoch`` gets no other way to see it); it is never part of an
+  optimiser state, and under the engine's ``vmap`` it stays one unbatched copy shared by all seeds.
+* Students train in train mode (BatchNorm batch statistics, running statistics updated, padded rows
+  masked out of both); teachers run in eval mode — as every reference does (``teacher.eval()``).
+* A *pool* is a static-size list of candidate examples, some of which may be invalid (e.g. noise for a
+  class absent from the forget set). :func:`valid_first` orders the valid ones first and
+  :func:`run_pool` runs only the batches that hold valid examples (a loop with a data-dependent trip
+  count; the count depends on the data only, never on the seed, so it stays a real loop under ``vmap``).
+  Fully padded batches would otherwise still move Adam/momentum optimisers.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jax_unlearn.engine.batches import epoch_batches
+from jax_unlearn.engine.losses import cross_entropy, kl_divergence
+from jax_unlearn.engine.optim import torch_adam, torch_sgd
+from jax_unlearn.engine.train import Context, TrainState, apply_gradients, create_state, variables_of
+from jax_unlearn.methods.base import Method, register
+from jax_unlearn.models import init_variables
+
+
+# --- model application on already-normalised float inputs (noise images are not uint8) ------------------
+
+def logits_train(ctx: Context, params, batch_stats, x, mask):
+    """Train-mode logits (B, C) and updated batch_stats for normalised float ``x`` (B, 32, 32, 3)."""
+    out, new = ctx.model.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mask=mask,
+                               mutable=["batch_stats"])
+    return out, new["batch_stats"]
+
+
+def logits_eval(ctx: Context, variables, x):
+    """Eval-mode logits (B, C) for normalised float ``x`` (a frozen teacher)."""
+    return ctx.model.apply(variables, x, train=False)
+
+
+# --- losses -----------------------------------------------------------------------------------------------
+
+def kl_mean_reduction(student_logits, teacher_logits, mask=None, temperature=1.0):
+    """torch ``F.kl_div(log_softmax(s/T), softmax(t/T))`` with its default ``reduction='mean'``: the
+    element-wise mean over ``B × C``, i.e. :func:`kl_divergence` (batch mean) divided by ``C``."""
+    return kl_divergence(student_logits, teacher_logits, mask, temperature) / student_logits.shape[-1]
+
+
+def kl_t2(student_logits, teacher_logits, mask=None, temperature=1.0):
+    """RepDistiller's ``DistillKL(T)`` (used by SCRUB): ``T² · KL(softmax(t/T) ‖ softmax(s/T))``, batch mean."""
+    return temperature**2 * kl_divergence(student_logits, teacher_logits, mask, temperature)
+
+
+# --- pools and passes ---------------------------------------------------------------------------------------
+
+def valid_first(sort_keys, valid):
+    """Order ``(N,)`` int32 putting valid entries first (ascending ``sort_keys``, ties in index order),
+    invalid ones last, and the number of valid entries (scalar int32).
+
+    Random keys (``jax.random.uniform``) give a uniformly random permutation of the valid entries — torch's
+    ``DataLoader(shuffle=True)`` over the valid subset; fixed keys give a fixed (e.g. curriculum) order."""
+    order = jnp.argsort(jnp.where(valid, sort_keys, jnp.inf), stable=True).astype(jnp.int32)
+    return order, jnp.sum(valid.astype(jnp.int32))
+
+
+def run_pool(step, state, order, n_valid, batch_size: int):
+    """Run ``step(state, pool_idx (B,), mask (B,)) -> (state, loss)`` over ``order[:n_valid]`` in batches of
+    ``batch_size`` (last one partial and masked; batches past ``n_valid`` are not run at all).
+
+    Returns ``(state, mean loss weighted by batch size)``; NaN when nothing ran."""
+    n = order.shape[0]
+    steps = -(-n // batch_size)
+    idx = jnp.concatenate([order, jnp.zeros((steps * batch_size - n,), jnp.int32)]).reshape(steps, batch_size)
+    live = (jnp.arange(steps * batch_size) < n_valid).reshape(steps, batch_size)
+
+    def body(i, carry):
+        state, total, count = carry
+        state, loss = step(state, idx[i], live[i])
+        c = jnp.sum(live[i].astype(jnp.float32))
+        return state, total + loss.astype(jnp.float32) * c, count + c
+
+    n_steps = (n_valid + batch_size - 1) // batch_size
+    state, total, count = jax.lax.fori_loop(0, n_steps, body, (state, jnp.float32(0), jnp.float32(0)))
+    return state, jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
+
+
+def loss_step(ctx: Context, tx, loss_fn):
+    """``step(state, x, labels, aux, mask) -> (state, loss)``: train-mode forward of normalised ``x``,
+    ``loss_fn(logits, labels, aux, mask)``, one optimiser step (``aux`` carries e.g. teacher logits)."""
+
+    def step(state: TrainState, x, labels, aux, mask):
+        def objective(params):
+            logits, batch_stats = logits_train(ctx, params, state.batch_stats, x, mask)
+            return loss_fn(logits, labels, aux, mask), batch_stats
+
+        (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        return apply_gradients(tx, state, grads, batch_stats), loss
+
+    return step
+
+
+def subset_size(n_retain: int, fraction) -> int:
+    """``int(fraction * n_retain)``, the size of the distillation retain subset (a static shape), checked:
+    ``fraction`` must be a number in [0, 1] given once for all lanes (it cannot vary per seed lane)."""
+    if not isinstance(fraction, numbers.Real) or isinstance(fraction, bool):
+        raise TypeError(f"retain_fraction sets an array size, so it must be a plain number (not swept per lane); "
+                        f"got {type(fraction).__name__}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"retain_fraction must be in [0, 1], got {fraction}")
+    return int(fraction * n_retain)
+
+
+def retain_subset(key, n_retain: int, k: int):
+    """``random.sample(retain, k)`` as indices ``(k,)`` int32, drawn per seed from ``key``."""
+    return jax.random.permutation(key, n_retain)[:k].astype(jnp.int32)
+
+
+def bad_teacher_pass(ctx: Context, tx, batch_size: int, temperature: float):
+    """One shuffled pass over forget ∪ retain-subset, distilling from two teachers (Chundawat et al. 2023).
+
+    ``pass_(student, key, data, subset, competent, incompetent) -> (student, mean loss)``. Per example the
+    target is ``softmax(t/T)`` of the incompetent teacher on forget rows and of the competent one on
+    retain rows; the loss is :func:`kl_mean_reduction` (the reference's ``F.kl_div`` default reduction).
+    """
+    n_r, n_f = ctx.size("retain"), ctx.size("forget")
+
+    def loss_fn(logits, _, aux, mask):
+        return kl_mean_reduction(logits, aux, mask, temperature)
+
+    step = loss_step(ctx, tx, loss_fn)
+
+    def pass_(student, key, data, subset, competent, incompetent):
+        images, _ = data["train"]  # retain (0..n_r-1) then forget (n_r..)
+        pool = jnp.concatenate([n_r + jnp.arange(n_f, dtype=jnp.int32), subset])
+        is_forget = jnp.arange(pool.shape[0]) < n_f
+
+        def pool_step(state, p, mask):
+            x = ctx.normalization.apply(images[pool[p]])
+            teacher = jnp.where(is_forget[p][:, None], logits_eval(ctx, incompetent, x),
+                                logits_eval(ctx, competent, x))
+            return step(state, x, None, teacher, mask)
+
+        order = jax.random.permutation(key, pool.shape[0]).astype(jnp.int32)
+        return run_pool(pool_step, student, order, pool.shape[0], batch_size)
+
+    return pass_
+
+
+# --- Bad Teacher ------------------------------------------------------------------------------------------
+
+class BadTeacherState(NamedTuple):
+    student: TrainState
+    competent: Any  # the original model (unchanged; unbatched under vmap)
+    incompetent: Any  # randomly initialised teacher, drawn from the seed key
+    subset: jax.Array  # (k,) retain indices distilled from the competent teacher
+
+
+@register("bad-teacher", "distil from a random teacher on forget and the original on a retain subset",
+          "Chundawat et al., AAAI 2023; vikram2000b/bad-teaching-unlearning (blindspot_unlearner)",
+          epochs=1, batch_size=256, lr=1e-4, temperature=1.0, retain_fraction=0.3)
+def bad_teacher(ctx: Context, *, epochs: int, batch_size: int, lr: float, temperature: float,
+                retain_fraction: float) -> Method:
+    """Bad Teaching: student ← original; minimise, over shuffled batches of forget ∪ retain-subset,
+
+        KL( l·softmax(T_bad(x)/T) + (1−l)·softmax(T_good(x)/T) ‖ softmax(S(x)/T) ),  l = 1 on forget rows,
+
+    with ``torch.optim.Adam(lr)`` (no weight decay), batch ``batch_size``, ``epochs`` passes.
+
+    * ``T_good`` — the original model (eval mode); ``T_bad`` — a freshly initialised ResNet (torchvision
+      init from the seed key, eval mode, so BatchNorm uses its initial running statistics 0/1).
+    * The retain subset is ``random.sample(retain, int(retain_fraction · n_retain))``, drawn once per seed
+      (as the SSD repository's ``blindspot`` does); each epoch reshuffles forget ∪ subset.
+
+    Shapes: forget (n_f,), subset (int(0.3 n_r),); one epoch is ``ceil((n_f + k) / batch_size)`` steps.
+
+    Ambiguities: the reference's ``F.kl_div`` uses its default element-wise ``'mean'`` reduction (÷ B·C);
+    some copies use ``'batchmean'``. We follow the repository (÷ C more); under Adam the two differ only
+    through ``eps``. Defaults (1 epoch, Adam 1e-4, 30 % retain, batch 256, T = 1) are the settings the SSD
+    repository uses for this baseline on ResNet-18/CIFAR.
+
+    References: V. S. Chundawat, A. K. Tarun, M. Mandal, M. Kankanhalli, "Can Bad Teaching Induce
+    Forgetting? Unlearning in Deep Networks using an Incompetent Teacher", AAAI 2023;
+    github.com/vikram2000b/bad-teaching-unlearning (``unlearn.py``); if-loops/selective-synaptic-dampening
+    (``forget_random_strategies.blindspot``).
+    """
+    tx = torch_adam(lr)
+    pass_ = bad_teacher_pass(ctx, tx, batch_size, temperature)
+    k = subset_size(ctx.size("retain"), retain_fraction)
+
+    def init(key, start_variables, data):
+        k_teacher, k_subset = jax.random.split(key)
+        return BadTeacherState(create_state(start_variables, tx), start_variables,
+                               init_variables(ctx.model, k_teacher),
+                               retain_subset(k_subset, ctx.size("retain"), k))
+
+    def epoch(state: BadTeacherState, key, data):
+        student, loss = pass_(state.student, key, data, state.subset, state.competent, state.incompetent)
+        return state._replace(student=student), {"loss": loss}
+
+    return Method(init, epoch, lambda s: variables_of(s.student), epochs)
+
+
+# --- SCRUB ------------------------------------------------------------------------------------------------
+
+class ScrubState(NamedTuple):
+    student: TrainState
+    teacher: Any  # the original model (unchanged)
+    epoch: jax.Array  # int32, 0-based
+
+
+@register("scrub", "SCRUB: alternate max-steps (−KL on forget) and min-steps (CE + KL on retain)",
+          "Kurmanji et al., NeurIPS 2023; meghdadk/SCRUB large_scale_unlearning.ipynb (CIFAR-10 config)",
+          epochs=3, msteps=2, batch_size=256, forget_batch_size=512, lr=5e-4, momentum=0.9,
+          weight_decay=5e-4, temperature=4.0, gamma=0.99, alpha=0.001, lr_decay_epochs=(3, 5, 9),
+          lr_decay_rate=0.1)
+def scrub(ctx: Context, *, epochs: int, msteps: int, batch_size: int, forget_batch_size: int, lr: float,
+          momentum: float, weight_decay: float, temperature: float, gamma: float, alpha: float,
+          lr_decay_epochs, lr_decay_rate: float) -> Method:
+    """SCRUB: student ← original, teacher = original (frozen, eval mode). Epoch ``e = 1..epochs``:
+
+    1. if ``e <= msteps``: one shuffled pass over the forget set (batch ``forget_batch_size``) minimising
+       ``−KL_T`` (max-steps: push the student away from the teacher on forget examples);
+    2. one shuffled pass over the retain set (batch ``batch_size``) minimising
+       ``gamma · CE(S(x), y) + alpha · KL_T`` (min-steps: stay close to the teacher on retain).
+
+    ``KL_T = T² · KL(softmax(t/T) ‖ softmax(s/T))`` (:func:`kl_t2`, RepDistiller's ``DistillKL``). One torch
+    ``SGD(lr, momentum, weight_decay)`` serves both step kinds (momentum carries across them, as in the
+    reference); its learning rate is ``lr · lr_decay_rate ** #{d in lr_decay_epochs : e > d}``
+    (RepDistiller ``adjust_learning_rate``; with 3 epochs and decay at (3, 5, 9) it stays constant).
+
+    Epochs are heterogeneous: the max pass runs under ``lax.cond`` on the epoch counter in the state, so
+    every engine epoch is one SCRUB epoch. Metrics: ``loss`` (min-step loss), ``forget_kl`` (mean KL_T on
+    the max pass; NaN in epochs without one).
+
+    Ambiguities: the notebook's large-scale CIFAR configuration is used (``beta = 0`` there, so the third,
+    feature-distillation term is absent; ``smoothing = 0`` zeroes the ``param_dist`` term some versions of
+    ``train_distill`` add, and ``clip`` is unused); its loaders use batch 512 (forget) and 256 (retain) —
+    the ``sgda_batch_size = 128`` it also sets is unused. Both passes train the student in train mode
+    (``module.train()``), the teacher in eval mode. Other copies of SCRUB (the SSD repository's, Kaggle
+    ports) change γ, α, T or the optimiser; pass those as hyper-parameters.
+
+    References: M. Kurmanji, P. Triantafillou, J. Hayes, E. Triantafillou, "Towards Unbounded Machine
+    Unlearning", NeurIPS 2023; github.com/meghdadk/SCRUB (``large_scale_unlearning.ipynb``,
+    ``thirdparty/repdistiller/helper/loops.py:train_distill``, ``helper/util.py:adjust_learning_rate``).
+    """
+    tx = optax.inject_hyperparams(torch_sgd)(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
+    decay_at = jnp.asarray(tuple(lr_decay_epochs) or (epochs + 1,), jnp.int32)
+    n_f, n_r = ctx.size("forget"), ctx.size("retain")
+    max_step = loss_step(ctx, tx, lambda s, _, t, m: -kl_t2(s, t, m, temperature))
+    min_step = loss_step(ctx, tx, lambda s, y, t, m: gamma * cross_entropy(s, y, m)
+                         + alpha * kl_t2(s, t, m, temperature))
+
+    def split_pass(step, split, n, bs, teacher, data, key, student):
+        images, labels = data[split]
+
+        def pool_step(state, p, mask):
+            x = ctx.normalization.apply(images[p])
+            return step(state, x, labels[p], logits_eval(ctx, teacher, x), mask)
+
+        return run_pool(pool_step, student, jax.random.permutation(key, n).astype(jnp.int32), n, bs)
+
+    def init(key, start_variables, data):
+        return ScrubState(create_state(start_variables, tx), start_variables, jnp.zeros((), jnp.int32))
+
+    def epoch(state: ScrubState, key, data):
+        k_max, k_min = jax.random.split(key)
+        e = state.epoch + 1
+        rate = jnp.asarray(lr_decay_rate, jnp.float32) ** jnp.sum(e > decay_at).astype(jnp.float32)
+        opt = state.student.opt_state
+        lr_e = (lr * rate).astype(opt.hyperparams["learning_rate"].dtype)
+        hyper = {**opt.hyperparams, "learning_rate": lr_e}
+        student = state.student._replace(opt_state=opt._replace(hyperparams=hyper))
+
+        def maximise(student):
+            student, neg_kl = split_pass(max_step, "forget", n_f, forget_batch_size, state.teacher, data, k_max,
+                                         student)
+            return student, -neg_kl
+
+        student, forget_kl = jax.lax.cond(e <= msteps, maximise, lambda s: (s, jnp.float32(jnp.nan)), student)
+        student, loss = split_pass(min_step, "retain", n_r, batch_size, state.teacher, data, k_min, student)
+        return ScrubState(student, state.teacher, e), {"loss": loss, "forget_kl": forget_kl}
+
+    return Method(init, epoch, lambda s: variables_of(s.student), epochs)
+
+
+# --- SSD --------------------------------------------------------------------------------------------------
+
+def importances(ctx: Context, variables, images, labels, batch_size: int):
+    """Diagonal importances ``E_batches[(∇_θ CE_batch)²]`` (params-shaped tree, float32).
+
+    The mean over the ``ceil(N / batch_size)`` batches, in data order, of the squared gradient of the
+    batch-mean cross-entropy, the model in eval mode — SSD's ``calc_importance`` (adapted from Avalanche).
+    images uint8 (N, 32, 32, 3), labels (N,).
+    """
+    idx, mask = epoch_batches(None, images.shape[0], batch_size)
+    params, batch_stats = variables["params"], variables["batch_stats"]
+
+    def body(acc, inp):
+        bidx, bmask = inp
+        x = ctx.normalization.apply(images[bidx])
+
+        def loss(p):
+            return cross_entropy(logits_eval(ctx, {"params": p, "batch_stats": batch_stats}, x), labels[bidx], bmask)
+
+        grads = jax.grad(loss)(params)
+        return jax.tree_util.tree_map(lambda a, g: a + jnp.square(g.astype(jnp.float32)), acc, grads), None
+
+    zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    acc, _ = jax.lax.scan(body, zeros, (idx, mask))
+    return jax.tree_util.tree_map(lambda a: a / idx.shape[0], acc)
+
+
+def dampen(params, global_importance, forget_importance, alpha: float, lam: float):
+    """SSD's synapse selection and dampening, leaf by leaf: where ``f > alpha · g``,
+    ``θ ← θ · min(lam · g / f, 1)``; everywhere else θ is returned bit-identical.
+
+    Returns ``(params, selected)`` with ``selected`` a params-shaped bool tree."""
+
+    def leaf(p, g, f):
+        selected = f > alpha * g
+        factor = jnp.minimum(lam * g / jnp.where(selected, f, 1.0), 1.0)
+        return jnp.where(selected, p * factor.astype(p.dtype), p), selected
+
+    pairs = jax.tree_util.tree_map(leaf, params, global_importance, forget_importance)
+    is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
+    new = jax.tree_util.tree_map(lambda t: t[0], pairs, is_leaf=is_pair)
+    selected = jax.tree_util.tree_map(lambda t: t[1], pairs, is_leaf=is_pair)
+    return new, selected
+
+
+@register("ssd", "Selective Synaptic Dampening: shrink weights far more important to forget than to all data",
+          "Foster et al., AAAI 2024; if-loops/selective-synaptic-dampening (ssd.py ParameterPerturber)",
+          alpha=10.0, lam=1.0, batch_size=128)
+def ssd(ctx: Context, *, alpha: float, lam: float, batch_size: int) -> Method:
+    """SSD, retrain-free: with ``[]_D`` and ``[]_Df`` the diagonal importances (:func:`importances`) of the
+    original model on all training data (split ``train`` = retain ∪ forget) and on the forget set,
+
+        θ_i ← θ_i · min(lam · []_D,i / []_Df,i, 1)   where []_Df,i > alpha · []_D,i,   θ_i unchanged elsewhere.
+
+    Parameters only (BatchNorm scale/bias included, running statistics untouched). One engine epoch does
+    the whole method (``num_epochs = 1``; metric ``dampened_fraction``). There is no randomness: every
+    seed gives the same model.
+
+    Ambiguities: the reference computes importances in eval mode with loaders of batch 128, unshuffled
+    (``-b`` default); we do the same, so importances are squared *batch-mean* gradients averaged over
+    batches (the last, partial batch weighs as much as the others). Its unused knobs (``exponent = 1``,
+    ``lower_bound = 1``, layer ranges) are fixed at their defaults.
+
+    References: J. Foster, S. Schoepf, A. Brintrup, "Fast Machine Unlearning Without Retraining Through
+    Selective Synaptic Dampening", AAAI 2024; github.com/if-loops/selective-synaptic-dampening
+    (``ssd.py``, ``forget_random_main.py``: alpha = 10, lambda = 1 for ResNet-18 / CIFAR).
+    """
+
+    def init(key, start_variables, data):
+        return {"params": start_variables["params"], "batch_stats": start_variables["batch_stats"]}
+
+    def epoch(variables, key, data):
+        global_imp = importances(ctx, variables, *data["train"], batch_size)
+        forget_imp = importances(ctx, variables, *data["forget"], batch_size)
+        params, selected = dampen(variables["params"], global_imp, forget_imp, alpha, lam)
+        leaves = jax.tree_util.tree_leaves(selected)
+        fraction = sum(jnp.sum(s) for s in leaves).astype(jnp.float32) / sum(s.size for s in leaves)
+        return {"params": params, "batch_stats": variables["batch_stats"]}, {"dampened_fraction": fraction}
+
+    return Method(init, epoch, lambda v: v, 1)
