@@ -13,6 +13,7 @@ Two steps, so each can be used alone:
       evaluation/report.json        mean ± std per family, MIAs, forgetting quality F, final score, N
       evaluation/per_model.csv      one row per (family, seed)
       evaluation/per_example.csv    one row per forget example: ε and its points (with a reference)
+      evaluation/sweep.csv          a sweep run: one row per setting, its score, the best marked
       evaluation/*.png              accuracy bars, ε histogram, a few examples' two distributions
 
   ``print(format_summary(report))`` shows it as a table.
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 
 from converters import atomic_write
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, UnlearningData
+from jax_unlearn.evaluate_sweep import check_reference, format_sweep, score_sweep, sweep_lanes
 from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.jobs import make_model
 from jax_unlearn.metrics import (cross_entropy_per_example, final_score, kit_mia, logit_scaled_confidence,
@@ -266,10 +268,19 @@ def evaluate(unlearned_dir: str | os.PathLike, data: UnlearningData, *,
     reference) → ``n`` (= min of the two N; the first seeds of each), ``forgetting_quality``,
     ``final_score`` = F · (RA_U / RA_R) · (TA_U / TA_R) over those models, the mean accuracies used, ε
     summary; ``data`` (sizes, description); ``files`` written. Unavailable numbers are null.
+
+    Sweeps (``config.json['sweep']``): ``sweep`` → every setting's mean accuracies and, with a reference,
+    its forgetting quality and final score, and the ``best`` setting (:mod:`jax_unlearn.evaluate_sweep`;
+    also ``sweep.csv``); ``competition``, ``per_example.csv``, the ε plots and ``per_model.csv``'s
+    ``in_score`` then refer to the best setting, and ``per_model.csv`` gains the swept hyper-parameters.
+    The folders are checked (sweep record, seeds per setting, reference) before any model is run.
     """
     from jax_unlearn import report_plots
 
     out_dir = Path(out_dir) if out_dir is not None else Path(unlearned_dir) / "evaluation"
+    lanes = sweep_lanes(RunFolder(unlearned_dir))
+    if retrained_dir is not None:
+        check_reference(lanes, RunFolder(unlearned_dir), RunFolder(retrained_dir))
     dirs = {"unlearned": unlearned_dir, **({"retrained": retrained_dir} if retrained_dir is not None else {})}
     pops = {family: population_outputs(d, data, batch_size=batch_size, mia_models=mia_models, progress=progress)
             for family, d in dirs.items()}
@@ -289,11 +300,22 @@ def evaluate(unlearned_dir: str | os.PathLike, data: UnlearningData, *,
         rows.append(frame)
     per_model = pd.concat(rows, ignore_index=True)
     files = {"accuracy.png": lambda p: report_plots.accuracy_bars(report["families"], p)}
-    if "retrained" in pops:
-        u, r = pops["unlearned"], pops["retrained"]
+    u, r = pops["unlearned"], pops.get("retrained")
+    if lanes is not None:
+        report["sweep"], table, best = score_sweep(lanes, u, r)
+        files["sweep.csv"] = lambda p: _write_csv(p, table)
+        for name, values in lanes.lane_hyper.items():  # lane i = seed i
+            per_model[name] = np.where(per_model["family"] == "unlearned",
+                                       values[per_model["seed"].clip(0, len(values) - 1)], np.nan)
+        u = best if best is not None else u
+    if r is not None:
         report["competition"], eps = competition(u, r)
         n = report["competition"]["n"]
         per_model["in_score"] = per_model.groupby("family").cumcount() < n  # the models F compares
+        if lanes is not None:
+            report["competition"]["setting"] = {k: report["sweep"]["best"][k] for k in lanes.lane_hyper}
+            unlearned_rows = per_model["family"] == "unlearned"
+            per_model.loc[unlearned_rows, "in_score"] = per_model.loc[unlearned_rows, "seed"].isin(u["seed"])
         if eps is not None:
             ids = data.forget.ids if data.forget.ids is not None else np.full(len(eps), "")
             per_example = pd.DataFrame({
@@ -334,6 +356,9 @@ def format_summary(report: Mapping[str, Any]) -> str:
         fq, fs = comp.get("forgetting_quality"), comp.get("final_score")
         lines.append("")
         lines.append(f"forgetting quality F = {'n/a' if fq is None else f'{fq:.4f}'}   "
-                     f"final score = {'n/a' if fs is None else f'{fs:.4f}'}   (N = {comp['n']} per population)")
+                     f"final score = {'n/a' if fs is None else f'{fs:.4f}'}   (N = {comp['n']} per population)"
+                     + ("" if "setting" not in comp else "   for the best setting of the sweep"))
         lines.extend(f"note: {comp[k]}" for k in ("note", "note_final") if comp.get(k))
+    if report.get("sweep"):
+        lines.extend(format_sweep(report["sweep"]))
     return "\n".join(lines)

@@ -7,6 +7,9 @@ Layout of a run folder::
     chunks/chunk_00000/      orbax checkpoint: stacked variables (+ snapshots) and metrics of K lanes
     metrics.csv              one row per (seed, epoch): loss and tracked accuracies (pandas)
 
+Jobs that are not one model per seed keep named orbax checkpoints instead of chunks (``save_tree`` /
+``load_tree``; e.g. SISA's ``original/`` and ``unlearned/`` shard ensembles, :mod:`jax_unlearn.sisa_job`).
+
 A job restarted with the same command finds ``config.json`` equal, skips finished chunks and ends with
 identical outputs; a different config in the same folder is refused rather than mixed.
 """
@@ -89,22 +92,26 @@ class RunFolder:
 
     def save_chunk(self, c: int, ids: np.ndarray, outputs: Mapping[str, Any]) -> None:
         """Write one finished chunk (orbax writes to a temporary directory and renames it on success)."""
-        import orbax.checkpoint as ocp
-
-        tree = {"ids": np.asarray(ids, np.int64), **outputs}
-        target = self.chunk_dir(c)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(target.absolute(), tree)
+        _save_tree(self.chunk_dir(c), {"ids": np.asarray(ids, np.int64), **outputs})
 
     def load_chunk(self, c: int) -> dict[str, Any]:
-        import orbax.checkpoint as ocp
-
         if not self.chunk_done(c):
             raise RunFolderError(f"{self.chunk_dir(c)} missing: the run did not finish (rerun its command)")
-        with ocp.StandardCheckpointer() as ckptr:
-            tree = ckptr.restore(self.chunk_dir(c).absolute())
-        return jax.tree_util.tree_map(np.asarray, tree)
+        return _load_tree(self.chunk_dir(c))
+
+    # -- named checkpoints (jobs that are not one model per seed, e.g. SISA's shard ensembles) -----------
+    def has_tree(self, name: str) -> bool:
+        return (self.path / name).is_dir()
+
+    def save_tree(self, name: str, tree: Any) -> None:
+        """Write a pytree of arrays as the orbax checkpoint ``<folder>/<name>`` (atomic: temporary dir + rename)."""
+        _save_tree(self.path / name, tree)
+
+    def load_tree(self, name: str) -> Any:
+        """The pytree :meth:`save_tree` wrote, as NumPy arrays."""
+        if not self.has_tree(name):
+            raise RunFolderError(f"{self.path / name} missing: the run did not finish (rerun its command)")
+        return _load_tree(self.path / name)
 
     def chunks(self) -> list[int]:
         n, k = self.config["n_seeds"], self.config["chunk_size"]
@@ -135,6 +142,22 @@ class RunFolder:
         df = pd.concat(frames, ignore_index=True)
         atomic_write(self.path / "metrics.csv", lambda tmp: df.to_csv(tmp, index=False))
         return df
+
+
+def _save_tree(target: Path, tree: Any) -> None:
+    import orbax.checkpoint as ocp
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(target.absolute(), tree)
+
+
+def _load_tree(target: Path) -> Any:
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(target.absolute())
+    return jax.tree_util.tree_map(np.asarray, tree)
 
 
 def _stage(chunk, stage: int, path: Path):

@@ -130,8 +130,9 @@ def plan_sweep(name: str, ctx, hyper: Mapping[str, Any], seeds_per_setting: int,
     return SweepPlan(build, lane_hyper, len(next(iter(settings.values()))) * seeds_per_setting, settings)
 
 
-def _groups(per_lane_hyper: Mapping[str, np.ndarray]) -> list[tuple[dict[str, Any], np.ndarray]]:
-    """``[(setting, lane indices)]`` in order of first appearance."""
+def setting_groups(per_lane_hyper: Mapping[str, np.ndarray]) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """``[(setting, lane indices)]``: lanes with equal values of every name form one setting, listed in order
+    of first appearance (for a sweep run folder: grid order, ``seeds_per_setting`` lanes each)."""
     names = list(per_lane_hyper)
     columns = [np.asarray(per_lane_hyper[n]) for n in names]
     n = len(columns[0])
@@ -171,7 +172,7 @@ def best_setting(per_lane_hyper: Mapping[str, np.ndarray], forget_stats_u, forge
         raise ValueError(f"forget_stats_u must be (L, S) and accuracies (L,), got {u.shape}, {ra_u.shape}, "
                          f"{ta_u.shape}")
     rows = []
-    for setting, idx in _groups(per_lane_hyper):
+    for setting, idx in setting_groups(per_lane_hyper):
         if idx.max() >= u.shape[0]:
             raise ValueError(f"per_lane_hyper has {len(per_lane_hyper[next(iter(per_lane_hyper))])} lanes, "
                              f"forget_stats_u {u.shape[0]}")

@@ -2,10 +2,12 @@
 
 Two tiny populations of real ResNet-18s (the report rebuilds the model from the run's config), one epoch
 of two steps each: 3 fine-tuned seeds in chunks of 2 (the last chunk has 1 lane, so evaluation pads it)
-and 3 retrained seeds. Unequal population sizes are tested on synthetic statistics.
+and 3 retrained seeds. Unequal population sizes and sweep scoring are tested on synthetic statistics (a real
+sweep is evaluated end to end in tests/test_cli.py).
 """
 import dataclasses
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -15,10 +17,12 @@ import pytest
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, Split, UnlearningData
 from jax_unlearn.engine.run import RunConfig
 from jax_unlearn.evaluate import competition, evaluate, format_summary, population_outputs
+from jax_unlearn.evaluate_sweep import check_reference, format_sweep, score_sweep, sweep_lanes
 from jax_unlearn.jobs import make_model, run_population
 from jax_unlearn.metrics import final_score, forgetting_quality, logit_scaled_confidence
 from jax_unlearn.models import init_variables
 from jax_unlearn.report_plots import pick_examples
+from jax_unlearn.runs import RunFolder, RunFolderError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIA_MODELS = 2
@@ -192,3 +196,93 @@ def test_pick_examples_lowest_median_highest():
     eps = np.array([5.0, 0.0, 3.0, 1.0, 9.0, 2.0, 7.0, 4.0, 8.0, 6.0])
     assert list(eps[pick_examples(eps, 6)]) == [0.0, 1.0, 4.0, 5.0, 8.0, 9.0]
     assert list(eps[pick_examples(eps[:2], 6)]) == [0.0, 5.0]
+
+
+# -- sweeps: each setting scored against the retrained population; the folders checked first ---------------
+def _sweep_folder(path, lane_hyper, seeds_per_setting):
+    """A run folder holding only a sweep record (what sweep_lanes and check_reference read)."""
+    folder = RunFolder(path)
+    folder.start({"method": "finetune", "n_seeds": len(next(iter(lane_hyper.values()))),
+                  "sweep": {"seeds_per_setting": seeds_per_setting, "lane_hyper": lane_hyper}}, {})
+    return folder
+
+
+def _population(rng, n, shift=0.0):
+    return {"seed": np.arange(n), "forget_stat": rng.normal(size=(n, 9)) * 2 + shift, "path": "p",
+            **{acc: rng.uniform(0.4, 1, n) for acc in ("retain_acc", "forget_acc", "validation_acc", "test_acc")}}
+
+
+def test_sweep_scores_each_setting_on_its_first_seeds(tmp_path):
+    lanes = sweep_lanes(_sweep_folder(tmp_path / "s", {"lr": [0.1] * 5 + [0.2] * 5, "epochs": [1] * 10}, 5))
+    assert [(h, list(i)) for h, i in lanes.settings] == [({"epochs": 1, "lr": 0.1}, [0, 1, 2, 3, 4]),
+                                                         ({"epochs": 1, "lr": 0.2}, [5, 6, 7, 8, 9])]
+    rng = np.random.default_rng(3)
+    u, r = _population(rng, 10, shift=1.0), _population(rng, 4, shift=1.0)
+    u["forget_stat"][:5] *= 0.1  # the first setting's statistics collapse: far from the retrained models
+    section, table, best = score_sweep(lanes, u, r)
+    assert section["n_compared"] == 4 and section["n_settings"] == 2 and list(table["n_models"]) == [4, 4]
+    scores = []
+    for s, first in enumerate(([0, 1, 2, 3], [5, 6, 7, 8])):  # independently: the first 4 seeds of each
+        f = forgetting_quality(u["forget_stat"][first], r["forget_stat"])
+        scores.append(final_score(f, u["retain_acc"][first], r["retain_acc"], u["test_acc"][first], r["test_acc"]))
+        assert table.loc[s, "forgetting_quality"] == f
+        assert table.loc[s, "score"] == pytest.approx(scores[-1])
+        assert table.loc[s, "forget_acc"] == pytest.approx(u["forget_acc"][first].mean())
+    assert scores[1] > scores[0] > 0  # the data were made so; the best is the second setting
+    assert list(table["best"]) == [False, True]
+    assert section["best"] == pytest.approx({"epochs": 1, "lr": 0.2, "score": scores[1]})
+    assert list(best["seed"]) == [5, 6, 7, 8]
+    assert json.loads(json.dumps(section))["settings"][1]["best"] is True
+    text = "\n".join(format_sweep(section))
+    assert f"* best setting: epochs=1, lr=0.2 (final score {scores[1]:.4f})" in text
+    marked = [line for line in text.splitlines() if line.startswith("*") and "best setting" not in line]
+    assert len(marked) == 1 and "0.2" in marked[0] and f"{scores[1]:.4f}" in marked[0]
+
+    section, table, best = score_sweep(lanes, u, None)  # no reference: accuracies only
+    assert best is None and section["best"] is None and table["score"].isna().all() and "--retrained" in section["note"]
+    assert table.loc[1, "retain_acc"] == pytest.approx(u["retain_acc"][5:].mean())  # all 5 seeds
+
+
+def test_sweep_folders_that_cannot_be_scored_fail_clearly(tmp_path, runs, data):
+    retrained = runs[1]
+    bad = _sweep_folder(tmp_path / "short", {"lr": [0.1, 0.2]}, 1)
+    config = json.loads((bad.path / "config.json").read_text())
+    config["n_seeds"] = 3  # the record lists 2 lanes, the run holds 3 models
+    (bad.path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunFolderError, match="lists {'lr': 2} lanes.*n_seeds=3"):
+        sweep_lanes(bad)
+    with pytest.raises(RunFolderError, match="inconsistent"):
+        sweep_lanes(_sweep_folder(tmp_path / "uneven", {"lr": [0.1, 0.1, 0.2]}, 1))
+    one_seed = _sweep_folder(tmp_path / "one", {"lr": [0.1, 0.2, 0.3]}, 1)
+    with pytest.raises(ValueError, match="1 seed per setting.*--n-seeds >= 2"):
+        check_reference(sweep_lanes(one_seed), one_seed, retrained)
+    sweep = _sweep_folder(tmp_path / "ok", {"lr": [0.1, 0.1, 0.2, 0.2]}, 2)
+    with pytest.raises(ValueError, match="itself a sweep"):
+        check_reference(sweep_lanes(sweep), sweep, one_seed)
+    with pytest.raises(ValueError, match="is the unlearned run folder itself"):
+        check_reference(None, retrained, retrained)
+    small = _sweep_folder(tmp_path / "small", {"lr": [0.1]}, 1)
+    config = json.loads((small.path / "config.json").read_text())
+    del config["sweep"]
+    (small.path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="holds 1 model"):
+        check_reference(sweep_lanes(sweep), sweep, small)
+
+    # Through evaluate: the real 3-model population relabelled as 3 one-seed settings fails before any
+    # model runs or any file is written; without a reference it reports each setting's accuracies.
+    copy = tmp_path / "relabelled"
+    shutil.copytree(runs[0].path, copy, ignore=shutil.ignore_patterns("evaluation"))
+    config = json.loads((copy / "config.json").read_text())
+    config["sweep"] = {"seeds_per_setting": 1, "lane_hyper": {"lr": [0.1, 0.2, 0.3]}}
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="1 seed per setting"):
+        evaluate(copy, data, retrained_dir=retrained.path, out_dir=tmp_path / "unused", progress=False)
+    assert not (tmp_path / "unused").exists()
+    report = evaluate(copy, data, out_dir=tmp_path / "report", mia_models=1, progress=False)
+    outputs = population_outputs(runs[0], data, progress=False)
+    assert [row["lr"] for row in report["sweep"]["settings"]] == pytest.approx([0.1, 0.2, 0.3])
+    assert [row["test_acc"] for row in report["sweep"]["settings"]] == pytest.approx(list(outputs["test_acc"]))
+    assert report["sweep"]["best"] is None and "competition" not in report
+    assert list(pd.read_csv(tmp_path / "report" / "sweep.csv")["setting"]) == [0, 1, 2]
+    assert list(pd.read_csv(tmp_path / "report" / "per_model.csv")["lr"]) == pytest.approx([0.1, 0.2, 0.3])
+    assert "sweep: 3 settings × 1 seeds" in format_summary(report)

@@ -36,11 +36,12 @@ Ambiguities and choices:
     (``DataLoader(shuffle=True, drop_last=False)`` over the members); the remaining all-padding steps are
     skipped (``lax.cond``: no update, no optimiser step). Non-member slots are replaced by zeros before
     the forward pass, so a retrained shard's computation never reads a forgotten image.
-  * Cost: inside one compiled program all S shards are computed and the unaffected ones' results are
-    discarded (``jnp.where``; their parameters stay bit-identical). The saving SISA promises — a
-    deployment that trains shards separately retrains only the affected ones — is what ``unlearn``
-    reports (shards and examples retrained, as fractions). With a random forget set and a random
-    partition nearly every shard is hit, which is SISA's known weakness for such requests.
+  * Cost: inside ``unlearn``'s one compiled program all S shards are computed and the unaffected ones'
+    results are discarded (``jnp.where``; their parameters stay bit-identical); it reports the saving SISA
+    promises (shards and examples retrained, as fractions). ``train_shards`` computes only the affected
+    shards, so the ``jax-unlearn sisa`` job (:mod:`jax_unlearn.sisa_job`) realises and times the saving.
+    With a random forget set and a random partition nearly every shard is hit, which is SISA's known
+    weakness for such requests.
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class Sisa(NamedTuple):
     unlearn: Callable    # (key, models, shards, data) -> (models, shards, report)
     train_and_unlearn: Callable  # (key, shards, data) -> (original, metrics, unlearned, shards, report)
     num_shards: int
+    forget: Callable     # (shards) -> (shards without the forget set, report)
+    train_shards: Callable  # (key, shards, data, rows) -> (models stacked over len(rows), {'loss'})
 
 
 def _shard_layout(n: int, num_shards: int) -> tuple[int, int]:
@@ -88,6 +91,20 @@ def _shard_layout(n: int, num_shards: int) -> tuple[int, int]:
         raise ValueError(f"need 1 <= num_shards <= {n} (the train split's size), got {num_shards}")
     q = n // num_shards
     return q, n - (num_shards - 1) * q
+
+
+HYPER_NAMES = frozenset({*DEFAULTS, "class_weighted", "augment"})
+
+
+def check_hyper(hyper) -> None:
+    """Raise ``ValueError`` naming any key of ``hyper`` that :func:`sisa` does not take, or a bad value."""
+    unknown = sorted(set(hyper) - HYPER_NAMES)
+    if unknown:
+        raise ValueError(f"sisa has no hyper-parameter(s) {unknown}; valid: {sorted(HYPER_NAMES)}")
+    for name in ("epochs", "batch_size"):
+        value = hyper.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"sisa: {name} must be a positive integer, got {value!r}")
 
 
 def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int = 16, optimizer: str = "sgd",
@@ -114,7 +131,12 @@ def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int
     * ``train_and_unlearn(key, shards, data) -> (original, metrics, unlearned, shards, report)``: both of
       the above with the same key, computed as one vmap over 2·S shard trainings (one compiled training
       loop instead of two; the results are those of ``train`` then ``unlearn``).
+    * ``forget(shards) -> (kept, report)``: the bookkeeping half of ``unlearn`` (no training).
+    * ``train_shards(key, shards, data, rows) -> (models, metrics)``: only the shards ``rows`` (host
+      ints), each exactly as ``train`` trains it; ``unlearn`` without computing the unaffected shards
+      (``jax_unlearn.sisa_job`` uses it, so its wall-time saving is real).
     """
+    check_hyper({"epochs": epochs, "batch_size": batch_size})
     n, n_retain = ctx.size("train"), ctx.size("retain")
     q, m = _shard_layout(n, num_shards)
     steps = math.ceil(m / batch_size)
@@ -176,6 +198,13 @@ def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int
     def train(key, shards: Shards, data: DeviceData):
         return train_rows(shard_keys(key), shards, data)
 
+    def train_shards(key, shards: Shards, data: DeviceData, rows):
+        """Only the shards ``rows`` (a host int sequence: the program holds ``len(rows)`` trainings),
+        shard r from ``fold_in(key, r)`` as in ``train``: what a deployment that retrains just the
+        affected shards computes. Returns models and losses stacked over ``rows``, in that order."""
+        rows = jnp.asarray(rows, jnp.int32)
+        return train_rows(shard_keys(key)[rows], Shards(shards.index[rows], shards.member[rows]), data)
+
     def forget(shards: Shards):
         """``(kept, report)``: the shards without the forget positions, and what retraining them costs."""
         forgotten = shards.member & (shards.index >= n_retain)
@@ -206,7 +235,7 @@ def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int
         return (original, {"loss": metrics["loss"][:num_shards]}, select(report["affected"], retrained, original),
                 kept, report)
 
-    return Sisa(partition, train, unlearn, train_and_unlearn, num_shards)
+    return Sisa(partition, train, unlearn, train_and_unlearn, num_shards, forget, train_shards)
 
 
 def make_sisa_run(ctx: Context, **hyper):
@@ -219,10 +248,7 @@ def make_sisa_run(ctx: Context, **hyper):
     (after unlearning), ``loss`` (S, epochs) of the original training and the ``report`` of :func:`sisa`'s
     ``unlearn``. ``hyper`` overrides :data:`DEFAULTS` (plus ``class_weighted``, ``augment``).
     """
-    unknown = sorted(set(hyper) - set(DEFAULTS) - {"class_weighted", "augment"})
-    if unknown:
-        valid = sorted({*DEFAULTS, "class_weighted", "augment"})
-        raise ValueError(f"sisa has no hyper-parameter(s) {unknown}; valid: {valid}")
+    check_hyper(hyper)
     fns = sisa(ctx, **{**DEFAULTS, **hyper})
 
     def run(key, data: DeviceData, shards: Shards | None = None):
@@ -235,13 +261,20 @@ def make_sisa_run(ctx: Context, **hyper):
     return run
 
 
+def shard_logits(ctx: Context, models, images, batch_size: int = 500):
+    """Each shard model's eval-mode logits, (S, N, C) float32.
+
+    ``models``: variables stacked over S (leading axis); ``images`` uint8 (N, 32, 32, 3).
+    """
+    return jax.vmap(lambda v: predict(ctx, v, images, batch_size))(models).astype(jnp.float32)
+
+
 def aggregate_probs(ctx: Context, models, images, batch_size: int = 500):
     """The ensemble's prediction: the mean over the S shard models of ``softmax(logits)``, (N, C) float32.
 
     ``models``: variables stacked over S (leading axis); ``images`` uint8 (N, 32, 32, 3); eval mode.
     """
-    logits = jax.vmap(lambda v: predict(ctx, v, images, batch_size))(models)
-    return jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=0)
+    return jnp.mean(jax.nn.softmax(shard_logits(ctx, models, images, batch_size), axis=-1), axis=0)
 
 
 def aggregate_log_probs(ctx: Context, models, images, batch_size: int = 500):

@@ -1,8 +1,12 @@
 """SISA: the partition, shard training = the engine's supervised recipe on the shard, exact unlearning that
-retrains only affected shards and never reads forgotten data, mean-softmax aggregation; vmap over seeds."""
+retrains only affected shards and never reads forgotten data, mean-softmax aggregation; vmap over seeds;
+the job (run folder, only the affected shards computed, resume)."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from engine.conftest import synthetic_split  # tests/ is on sys.path (tests/conftest.py)
@@ -12,6 +16,8 @@ from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.methods.finetune import supervised
 from jax_unlearn.methods.sisa import Shards, aggregate_log_probs, aggregate_probs, make_sisa_run, sisa
 from jax_unlearn.models import ResNet
+from jax_unlearn.runs import RunFolder, RunFolderError
+from jax_unlearn.sisa_job import run_sisa
 
 # XLA's CPU compile time dominates; unoptimised code is fine for a tiny model (both sides of every
 # comparison are compiled the same way).
@@ -166,3 +172,94 @@ def test_seeds_vmap_differ_and_equal_single_runs(setup, runs, vmapped):
 def test_unknown_hyper_parameter_fails_by_name(setup):
     with pytest.raises(ValueError, match="slices"):
         make_sisa_run(setup[0], slices=2)
+
+
+# -- the SISA job (jax_unlearn.sisa_job): a run folder, only the affected shards retrained -------------------
+JOB_HYPER = dict(epochs=2, batch_size=4, lr=0.05, momentum=0.9)
+JOB_SEED, JOB_SHARDS, JOB_RETAIN = 3, 6, 45
+
+
+@pytest.fixture(scope="module")
+def job_data():
+    """45 retain / 3 forget: with 6 shards some hold a forget example and some do not."""
+    rng = np.random.default_rng(5)
+    return UnlearningData(
+        retain=synthetic_split(rng, JOB_RETAIN), forget=synthetic_split(rng, 3), validation=synthetic_split(rng, 8),
+        test=synthetic_split(rng, 8), num_classes=4,
+        normalization=Normalization(scale=1 / 255, mean=(0.5,) * 3, std=(0.25,) * 3), description={"src": "t"})
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, job_data):
+    model = ResNet(stage_sizes=(1, 1), num_classes=4, width=4)
+    out = tmp_path_factory.mktemp("sisa") / "run"
+    report = run_sisa(out, job_data, num_shards=JOB_SHARDS, seed=JOB_SEED, hyper=JOB_HYPER, model=model)
+    return model, out, report
+
+
+def test_job_retrains_exactly_the_affected_shards_as_unlearn_does(job, job_data):
+    model, out, report = job
+    folder = RunFolder(out)
+    original, unlearned = folder.load_tree("original"), folder.load_tree("unlearned")
+    ctx, data = context_for(job_data, model), device_data(job_data)
+    fns = sisa(ctx, num_shards=JOB_SHARDS, **JOB_HYPER)
+    k_part, k_train = jax.random.split(jax.random.key(JOB_SEED))
+    partition = fns.partition(k_part)
+    np.testing.assert_array_equal(original["index"], partition.index)
+    np.testing.assert_array_equal(original["member"], partition.member)
+    holds = (original["member"] & (original["index"] >= JOB_RETAIN)).any(1)
+    assert 0 < holds.sum() < JOB_SHARDS  # the data were chosen so that some shards are spared
+    np.testing.assert_array_equal(unlearned["retrained"], holds)
+    for s in np.flatnonzero(~holds):  # spared shards: bit-identical
+        jax.tree_util.tree_map(np.testing.assert_array_equal, _lane(unlearned["variables"], s),
+                               _lane(original["variables"], s))
+    for s in np.flatnonzero(holds):
+        assert not np.allclose(_lane(unlearned["variables"], s)["params"]["fc"]["kernel"],
+                               _lane(original["variables"], s)["params"]["fc"]["kernel"])
+    # What the job computed with only the affected shards = sisa.unlearn over all S on the saved ensemble.
+    again, kept, cost = jax.jit(fns.unlearn, compiler_options=FAST)(
+        k_train, original["variables"], Shards(original["index"], original["member"]), data)
+    np.testing.assert_array_equal(kept.member, unlearned["member"])
+    assert _max_rel(again, unlearned["variables"]) <= 1e-5
+    saving = report["saving"]
+    assert (saving["shards_retrained"], saving["num_shards"], saving["forgotten"]) == (holds.sum(), JOB_SHARDS, 3)
+    assert saving["shard_fraction"] == pytest.approx(holds.mean())
+    assert saving["examples_retrained"] == int(cost["examples_retrained"]) == unlearned["member"][holds].sum()
+    assert saving["example_fraction"] == pytest.approx(saving["examples_retrained"] / JOB_RETAIN)
+    # The saved ensembles reproduce the reported accuracies; per-shard rows and losses are written.
+    for phase, tree in (("original", original), ("unlearned", unlearned)):
+        for split in ("retain", "forget", "validation", "test"):
+            s = job_data.split(split)
+            probs = aggregate_probs(ctx, tree["variables"], jnp.asarray(s.images))
+            assert report["ensemble"][phase][split] == pytest.approx(np.mean(np.argmax(probs, -1) == s.labels))
+    shards = pd.read_csv(out / "shards.csv")
+    assert list(shards["retrained"]) == list(holds) and list(shards["members_after"]) == list(kept.member.sum(1))
+    losses = pd.read_csv(out / "losses.csv")
+    assert len(losses) == (JOB_SHARDS + holds.sum()) * JOB_HYPER["epochs"]
+    assert set(losses.loc[losses.phase == "unlearned", "shard"]) == set(np.flatnonzero(holds))
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert report["timing"]["original"]["run_s"] > 0 and not report["timing"]["original"]["reused"]
+
+
+def test_job_resumes_without_retraining_and_refuses_another_config(job, job_data):
+    model, out, report = job
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "original").rglob("*") if p.is_file()}
+    again = run_sisa(out, job_data, num_shards=JOB_SHARDS, seed=JOB_SEED, hyper=JOB_HYPER, model=model)
+    assert again["timing"]["original"]["reused"] and again["timing"]["unlearned"]["reused"]
+    assert again["ensemble"] == report["ensemble"] and again["saving"] == report["saving"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "original").rglob("*") if p.is_file()} == before
+    with pytest.raises(RunFolderError, match="different run"):
+        run_sisa(out, job_data, num_shards=JOB_SHARDS, seed=JOB_SEED + 1, hyper=JOB_HYPER, model=model)
+
+
+def test_job_bad_input_fails_clearly_and_writes_nothing(tmp_path, job_data):
+    model = ResNet(stage_sizes=(1, 1), num_classes=4, width=4)
+    cases = [({"num_shards": 1}, "integer >= 2"), ({"num_shards": 49}, "more than the 48 training examples"),
+             ({"num_shards": 3, "hyper": {"slices": 2}}, "no hyper-parameter"),
+             ({"num_shards": 3, "hyper": {"lr": [0.1, 0.2]}}, "no sweeps"),
+             ({"num_shards": 3, "hyper": {"epochs": 0}}, "epochs must be a positive integer"),
+             ({"num_shards": 3, "hyper": {"num_shards": 3}}, "--shards")]
+    for kw, match in cases:
+        with pytest.raises(ValueError, match=match):
+            run_sisa(tmp_path / "x", job_data, model=model, **kw)
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,165 @@
+"""Evaluating a sweep run folder setting by setting (a part of :func:`jax_unlearn.evaluate.evaluate`).
+
+A sweep (``run_population`` / ``jax-unlearn unlearn`` with list-valued hyper-parameters) holds
+``n_settings · seeds_per_setting`` models; ``config.json['sweep']['lane_hyper']`` says which lane (= seed
+id) ran which setting. Each setting is one population: it is scored against the retrained population
+with the official metric (:func:`jax_unlearn.sweep.best_setting`), on its first ``m = min(
+seeds_per_setting, N_retrained)`` seeds against the first ``m`` retrained models — the rule the plain
+report uses for two populations of unequal size — so the best setting's row equals the report's
+``competition`` section, which is computed for that setting.
+
+The folders are checked before any model is evaluated (:func:`sweep_lanes`, :func:`check_reference`):
+an inconsistent sweep record, a setting with fewer than two seeds, or a reference population that is
+itself a sweep fail with a message that says what to rerun.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from jax_unlearn.runs import RunFolder, RunFolderError
+from jax_unlearn.sweep import best_setting, setting_groups
+
+MIN_SEEDS = 2  # the score compares two populations of at least two models each
+ACCURACY_COLUMNS = ("retain_acc", "forget_acc", "validation_acc", "test_acc")
+
+
+class SweepLanes(NamedTuple):
+    """A sweep folder's validated lane record: ``lane_hyper`` name -> (L,) values, the settings."""
+
+    lane_hyper: dict[str, np.ndarray]
+    seeds_per_setting: int
+    settings: list[tuple[dict[str, Any], np.ndarray]]  # (hyper-parameters, lane ids), grid order
+
+
+def sweep_lanes(folder: RunFolder) -> SweepLanes | None:
+    """The sweep record of ``folder`` (None for a plain run), checked against its ``n_seeds``.
+
+    Raises :class:`RunFolderError` when the record is malformed: per-lane lists of another length than
+    ``n_seeds``, or settings that do not each hold ``seeds_per_setting`` lanes.
+    """
+    config = folder.config
+    sweep = config.get("sweep")
+    if sweep is None:
+        return None
+    where = folder.path / "config.json"
+    lane_hyper, per = sweep.get("lane_hyper"), sweep.get("seeds_per_setting")
+    if not isinstance(lane_hyper, dict) or not lane_hyper or not isinstance(per, int) or per < 1:
+        raise RunFolderError(f"{where}: malformed sweep record {sweep!r} (expected lane_hyper and "
+                             f"seeds_per_setting >= 1)")
+    n = config["n_seeds"]
+    lengths = {k: (len(v) if isinstance(v, list) else None) for k, v in lane_hyper.items()}
+    if any(length != n for length in lengths.values()):
+        raise RunFolderError(f"{where}: the sweep record lists {lengths} lanes per hyper-parameter but the run "
+                             f"holds n_seeds={n} models; the folder is inconsistent (was config.json edited?)")
+    arrays = {k: np.asarray(v) for k, v in lane_hyper.items()}
+    settings = setting_groups(arrays)
+    sizes = sorted({len(idx) for _, idx in settings})
+    if sizes != [per] or len(settings) * per != n:
+        raise RunFolderError(f"{where}: settings hold {sizes} lanes each, the sweep record says "
+                             f"seeds_per_setting={per}; the folder is inconsistent")
+    return SweepLanes(arrays, per, settings)
+
+
+def check_reference(lanes: SweepLanes | None, unlearned: RunFolder, retrained: RunFolder) -> None:
+    """Refuse a reference the score cannot use: the unlearned folder itself, a sweep, < 2 models, or — for a
+    sweep — settings with fewer than 2 seeds. Only reads the configs."""
+    if Path(unlearned.path).resolve() == Path(retrained.path).resolve():
+        raise ValueError(f"--retrained {retrained.path} is the unlearned run folder itself")
+    config = retrained.config
+    if config.get("sweep") is not None:
+        raise ValueError(f"the reference {retrained.path} is itself a sweep ({sorted(config['sweep']['lane_hyper'])} "
+                         f"swept); it must be one population (`jax-unlearn retrain` without list values)")
+    if lanes is None:
+        return
+    if config["n_seeds"] < MIN_SEEDS:
+        raise ValueError(f"the reference {retrained.path} holds {config['n_seeds']} model(s); scoring a sweep needs "
+                         f">= {MIN_SEEDS} (rerun `jax-unlearn retrain` with --n-seeds >= {MIN_SEEDS})")
+    if lanes.seeds_per_setting < MIN_SEEDS:
+        raise ValueError(f"{unlearned.path} is a sweep with {lanes.seeds_per_setting} seed per setting; the "
+                         f"official score compares populations of >= {MIN_SEEDS} models, so rerun it with "
+                         f"--n-seeds >= {MIN_SEEDS} (seeds per setting) or evaluate without --retrained")
+
+
+def _take(pop: Mapping[str, Any], lanes: np.ndarray) -> dict[str, Any]:
+    """The :func:`~jax_unlearn.evaluate.population_outputs` of the given lanes only (MIA logits dropped)."""
+    out = {k: v for k, v in pop.items() if k not in ("mia_logits",)}
+    for k in ("seed", "forget_stat", *ACCURACY_COLUMNS):
+        out[k] = np.asarray(pop[k])[lanes]
+    return out
+
+
+def score_sweep(lanes: SweepLanes, unlearned: Mapping[str, Any],
+                retrained: Mapping[str, Any] | None) -> tuple[dict[str, Any], pd.DataFrame, dict | None]:
+    """Per-setting accuracies and (with ``retrained``) the official score of every setting.
+
+    Args: the folder's :class:`SweepLanes`; ``population_outputs`` of the sweep (seed i = lane i) and of
+    the retrained reference (or None).
+
+    Returns ``(section, table, best_population)``: the report's ``sweep`` section (names, seeds per
+    setting, ``n_compared``, ``best``, ``settings`` as a list of rows); the table, one row per setting in
+    grid order — the hyper-parameters, ``setting``, ``n_models`` (compared), the mean accuracies of those
+    models, ``forgetting_quality``, ``score`` (the final score), ``best``; and the best setting's first
+    ``n_compared`` models as population outputs (None without a reference), for the competition section.
+    """
+    n_lanes = len(next(iter(lanes.lane_hyper.values())))
+    if not np.array_equal(unlearned["seed"], np.arange(n_lanes)):
+        raise RunFolderError(f"{unlearned['path']} holds seeds {list(unlearned['seed'])[:8]}…; its sweep "
+                             f"record lists {n_lanes} lanes 0..{n_lanes - 1}")
+    m = lanes.seeds_per_setting if retrained is None else min(lanes.seeds_per_setting, len(retrained["seed"]))
+    compared = [idx[:m] for _, idx in lanes.settings]
+    rows = [{**hyper, "setting": s, "n_models": m,
+             **{acc: float(np.mean(unlearned[acc][idx])) for acc in ACCURACY_COLUMNS}}
+            for s, ((hyper, _), idx) in enumerate(zip(lanes.settings, compared))]
+    table = pd.DataFrame(rows)
+    names = list(lanes.lane_hyper)
+    best_pop, best = None, None
+    if retrained is None:
+        table["forgetting_quality"] = table["score"] = np.nan
+        table["best"] = False
+    else:
+        sel = np.concatenate(compared)
+        best, scores = best_setting({k: v[sel] for k, v in lanes.lane_hyper.items()}, unlearned["forget_stat"][sel],
+                                    retrained["forget_stat"][:m], unlearned["retain_acc"][sel],
+                                    unlearned["test_acc"][sel], retrained["retain_acc"][:m],
+                                    retrained["test_acc"][:m])
+        table = table.merge(scores[[*names, "forgetting_quality", "score"]], on=names, how="left", validate="1:1")
+        table["best"] = np.all([table[k] == best[k] for k in names], axis=0)
+        best_pop = _take(unlearned, compared[int(table.loc[table["best"], "setting"].iloc[0])])
+    table = table[[*names, "setting", "n_models", *ACCURACY_COLUMNS, "forgetting_quality", "score", "best"]]
+    section = {"hyper": names, "n_settings": len(table), "seeds_per_setting": lanes.seeds_per_setting,
+               "n_compared": m if retrained is not None else None, "best": best,
+               "settings": json.loads(table.to_json(orient="records"))}  # nan -> null, NumPy -> Python
+    if retrained is None:
+        section["note"] = "no reference population: pass --retrained RUN_DIR to score the settings"
+    return section, table, best_pop
+
+
+def format_sweep(section: Mapping[str, Any]) -> list[str]:
+    """The sweep section as text lines: one row per setting, the best marked with ``*``."""
+    def num(x, fmt=".4f"):
+        return "n/a" if x is None else format(x, fmt)
+
+    names = section["hyper"]
+    header = ["", *names, "N", "retain", "forget", "test", "F", "score"]
+    table = [header]
+    for row in section["settings"]:
+        table.append(["*" if row["best"] else "", *(num(row[k], "g") for k in names), str(row["n_models"]),
+                      *(num(row[a], ".3f") for a in ("retain_acc", "forget_acc", "test_acc")),
+                      num(row["forgetting_quality"]), num(row["score"])])
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["", f"sweep: {section['n_settings']} settings × {section['seeds_per_setting']} seeds"
+             + ("" if section["n_compared"] is None else
+                f", each setting's first {section['n_compared']} seeds scored against as many retrained models")]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    best = section.get("best")
+    if best:
+        lines.append("* best setting: " + ", ".join(f"{k}={best[k]:g}" for k in names)
+                     + f" (final score {best['score']:.4f})")
+    if section.get("note"):
+        lines.append(f"note: {section['note']}")
+    return lines
