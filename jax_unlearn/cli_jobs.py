@@ -1,4 +1,5 @@
-"""``jax-unlearn`` sub-commands that run jobs: methods, train-original, unlearn, retrain, export, evaluate, demo.
+"""``jax-unlearn`` sub-commands that run jobs: methods, train-original, unlearn, retrain, export, evaluate, sisa,
+demo.
 
 Each is an ``(name, add_arguments, run)`` triple in :data:`COMMANDS`; flags become frozen configs and
 library calls here, at the edge — nothing below sees ``args``.
@@ -71,13 +72,21 @@ def _run_args(p: argparse.ArgumentParser, n_default: int = 8) -> None:
     p.add_argument("--base-seed", type=int, default=0)
     p.add_argument("--chunk-size", type=_positive, default=None, help="lanes per compiled chunk (default: "
                    "from free device memory; 8 on CPU)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="method hyper-parameter")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    _set_arg(p, "method hyper-parameter; a JSON list sweeps it (n-seeds lanes per setting)")
+    _dtype_arg(p)
     p.add_argument("--no-track", action="store_true", help="skip per-epoch accuracy tracking")
     p.add_argument("--track-max", type=_positive, default=2000, help="examples per split for tracking")
     p.add_argument("--snapshot-every", type=_positive, default=None, help="keep a snapshot every k epochs")
     _device_arg(p)
     _data_args(p)
+
+
+def _set_arg(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=help)
+
+
+def _dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -218,7 +227,11 @@ def _evaluate_args(p):
 
 
 def _evaluate(args) -> int:
-    """Accuracies, kit/SVC MIA and (with --retrained) the official competition score; report + plots."""
+    """Accuracies, kit/SVC MIA and (with --retrained) the official competition score; report + plots.
+
+    A sweep run folder (``unlearn --set 'lr=[...]'``) is also scored setting by setting against the
+    retrained population; the table (sweep.csv, report.json['sweep']) marks the best setting.
+    """
     select_device(args.device)
     from jax_unlearn.evaluate import evaluate, format_summary
 
@@ -280,6 +293,35 @@ def _retrain_args(p):
     _run_args(p)
 
 
+def _sisa_args(p):
+    p.add_argument("--out", required=True, help="run folder (resumed when it holds the same config)")
+    p.add_argument("--shards", type=int, default=5, help="number of shards S, 2 <= S <= retain + forget")
+    p.add_argument("--seed", type=int, default=0, help="key(seed): the partition and the shards' keys")
+    _set_arg(p, "SISA hyper-parameter: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
+                "class_weighted, augment (defaults: the reference's)")
+    _dtype_arg(p)
+    _device_arg(p)
+    _data_args(p)
+
+
+def _sisa(args) -> int:
+    """SISA: S shard models on retain ∪ forget, unlearn by retraining only the shards that held forget data.
+
+    Writes a run folder (both ensembles' shard checkpoints, shards.csv, losses.csv, report.json) and
+    prints the ensembles' accuracy before / after, the shards retrained and the wall times.
+    """
+    select_device(args.device)
+    from jax_unlearn.sisa_job import check_shards, format_sisa, run_sisa
+
+    if args.shards < 2:  # fail before loading data
+        check_shards(args.shards, args.shards)
+    report = run_sisa(args.out, load_data(args), num_shards=args.shards, seed=args.seed, hyper=_hyper(args.set),
+                      dtype=args.dtype, log=print)
+    print(format_sisa(report))
+    print(f"wrote {args.out}")
+    return 0
+
+
 COMMANDS = [
     ("methods", _methods_args, _methods),
     ("train-original", _train_original_args, _train_original),
@@ -287,5 +329,6 @@ COMMANDS = [
     ("retrain", _retrain_args, _retrain),
     ("export", _export_args, _export),
     ("evaluate", _evaluate_args, _evaluate),
+    ("sisa", _sisa_args, _sisa),
     ("demo", _demo_args, _demo),
 ]

@@ -14,7 +14,7 @@ itself a sweep fail with a message that says what to rerun.
 """
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -93,6 +93,12 @@ def _take(pop: Mapping[str, Any], lanes: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def _plain(v):
+    """A JSON value: NumPy scalars as Python ones (full precision), nan as None."""
+    v = v.item() if isinstance(v, np.generic) else v
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
 def score_sweep(lanes: SweepLanes, unlearned: Mapping[str, Any],
                 retrained: Mapping[str, Any] | None) -> tuple[dict[str, Any], pd.DataFrame, dict | None]:
     """Per-setting accuracies and (with ``retrained``) the official score of every setting.
@@ -133,7 +139,7 @@ def score_sweep(lanes: SweepLanes, unlearned: Mapping[str, Any],
     table = table[[*names, "setting", "n_models", *ACCURACY_COLUMNS, "forgetting_quality", "score", "best"]]
     section = {"hyper": names, "n_settings": len(table), "seeds_per_setting": lanes.seeds_per_setting,
                "n_compared": m if retrained is not None else None, "best": best,
-               "settings": json.loads(table.to_json(orient="records"))}  # nan -> null, NumPy -> Python
+               "settings": [{k: _plain(v) for k, v in row.items()} for row in table.to_dict("records")]}
     if retrained is None:
         section["note"] = "no reference population: pass --retrained RUN_DIR to score the settings"
     return section, table, best_pop

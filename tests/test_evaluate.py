@@ -233,6 +233,7 @@ def test_sweep_scores_each_setting_on_its_first_seeds(tmp_path):
     assert section["best"] == pytest.approx({"epochs": 1, "lr": 0.2, "score": scores[1]})
     assert list(best["seed"]) == [5, 6, 7, 8]
     assert json.loads(json.dumps(section))["settings"][1]["best"] is True
+    assert section["settings"][1]["lr"] == section["best"]["lr"]  # full precision in both
     text = "\n".join(format_sweep(section))
     assert f"* best setting: epochs=1, lr=0.2 (final score {scores[1]:.4f})" in text
     marked = [line for line in text.splitlines() if line.startswith("*") and "best setting" not in line]
