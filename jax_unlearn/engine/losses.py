@@ -37,3 +37,15 @@ def kl_divergence(student_logits, teacher_logits, mask=None, temperature=1.0):
     log_q = jax.nn.log_softmax(_at_least_f32(teacher_logits) / temperature)
     per_row = jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
     return masked_mean(per_row, mask)
+
+
+def soft_cross_entropy(logits, target_probs, mask=None):
+    """``mean_i sum_c -q_ic log_softmax(z_i)_c`` over unmasked rows (logits (B, C), target_probs (B, C))."""
+    per_row = -jnp.sum(target_probs * jax.nn.log_softmax(_at_least_f32(logits)), axis=-1)
+    return masked_mean(per_row, mask)
+
+
+def entropy(logits):
+    """Shannon entropy (nats) of ``softmax(logits)`` per row: (B, C) -> (B,)."""
+    log_p = jax.nn.log_softmax(_at_least_f32(logits))
+    return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)

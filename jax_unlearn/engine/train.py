@@ -1,4 +1,4 @@
-"""One seed's training pieces: state, forward passes, one optimiser step, one epoch over a split.
+"""One seed's training pieces: state, forward passes, one optimiser step, a scan of steps, one epoch over a split.
 
 Everything here is written for a single model; the engine vmaps it over seeds (``jax_unlearn.engine.seeds``).
 Images arrive as uint8 on device and are normalised on the fly (``Context.normalization``).
@@ -54,17 +54,32 @@ def variables_of(state: TrainState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def forward_train(ctx: Context, params, batch_stats, images, mask):
-    """Train-mode logits (B, C) and the updated batch_stats; masked rows touch no statistic."""
-    x = ctx.normalization.apply(images)
+def apply_train(ctx: Context, params, batch_stats, x, mask):
+    """Train-mode logits (B, C) and the updated batch_stats for already *normalised* float inputs ``x``
+    (B, 32, 32, 3) — e.g. learned noise images; masked rows touch no statistic."""
     logits, new = ctx.model.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mask=mask,
                                   mutable=["batch_stats"])
     return logits, new["batch_stats"]
 
 
+def apply_eval(ctx: Context, variables: Variables, x):
+    """Eval-mode logits (B, C) for already normalised float inputs ``x`` (B, 32, 32, 3)."""
+    return ctx.model.apply(variables, x, train=False)
+
+
+def forward_train(ctx: Context, params, batch_stats, images, mask):
+    """Train-mode logits (B, C) and the updated batch_stats from uint8 images; masked rows touch no statistic."""
+    return apply_train(ctx, params, batch_stats, ctx.normalization.apply(images), mask)
+
+
 def forward_eval(ctx: Context, variables: Variables, images):
     """Eval-mode logits (B, C) float32 from uint8 images (B, 32, 32, 3)."""
-    return ctx.model.apply(variables, ctx.normalization.apply(images), train=False)
+    return apply_eval(ctx, variables, ctx.normalization.apply(images))
+
+
+def teacher_logits(ctx: Context, teacher: Variables, images):
+    """Eval-mode logits of a frozen model (``torch.no_grad()`` + ``.eval()``) from uint8 images."""
+    return jax.lax.stop_gradient(forward_eval(ctx, teacher, images))
 
 
 def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads, batch_stats,
@@ -77,21 +92,59 @@ def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads, 
     return TrainState(optax.apply_updates(state.params, updates), batch_stats, opt_state, state.step + 1)
 
 
-LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (logits, labels, mask) -> scalar
+LossFn = Callable[[jax.Array, Any, jax.Array], jax.Array]  # (logits, labels, mask) -> scalar
 
 
-def supervised_step(ctx: Context, tx: optax.GradientTransformation, loss_fn: LossFn):
-    """``step(state, images, labels, mask) -> (state, loss)``: forward in train mode, backprop, update."""
+def loss_and_grads(ctx: Context, params, batch_stats, images, mask, loss_of_logits, *, normalized: bool = False):
+    """``(loss, new batch_stats, grads)``: a train-mode forward of ``images`` (uint8, or normalised floats
+    when ``normalized``), the scalar ``loss_of_logits(logits)``, and its gradient w.r.t. ``params``."""
+    forward = apply_train if normalized else forward_train
+
+    def objective(p):
+        logits, new_stats = forward(ctx, p, batch_stats, images, mask)
+        return loss_of_logits(logits), new_stats
+
+    (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return loss, new_stats, grads
+
+
+def supervised_step(ctx: Context, tx: optax.GradientTransformation, loss_fn: LossFn, *, normalized: bool = False):
+    """``step(state, images, labels, mask) -> (state, loss)``: forward in train mode, backprop, update.
+
+    ``labels`` is whatever ``loss_fn(logits, labels, mask)`` takes — class labels, or a tuple that also
+    carries teacher logits. ``normalized``: ``images`` are already normalised floats (e.g. learned noise).
+    """
 
     def step(state: TrainState, images, labels, mask):
-        def objective(params):
-            logits, batch_stats = forward_train(ctx, params, state.batch_stats, images, mask)
-            return loss_fn(logits, labels, mask), batch_stats
-
-        (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        loss, batch_stats, grads = loss_and_grads(ctx, state.params, state.batch_stats, images, mask,
+                                                  lambda logits: loss_fn(logits, labels, mask), normalized=normalized)
         return apply_gradients(tx, state, grads, batch_stats), loss
 
     return step
+
+
+def run_steps(step, state, idx, mask, active=None):
+    """``lax.scan`` ``step(state, idx[s], mask[s]) -> (state, loss)`` over the S rows of ``idx`` (S, B) and
+    ``mask`` (S, B) bool; returns ``(state, mean loss over real examples)`` — the mean of the step losses
+    weighted by each step's count of true ``mask`` entries (0 when there are none).
+
+    ``step`` fetches its own examples from the indices (a split, a pool of retain and noise images);
+    ``idx`` may be any pytree of (S, ...) arrays (e.g. indices into two paired splits).
+    Steps where ``active`` (S,) is false are skipped (``lax.cond``: no forward, no update; a real branch
+    when ``active`` is not per-seed, e.g. derived from the data only).
+    """
+
+    def body(state, inp):
+        bidx, bmask, on = inp
+        if on is None:
+            state, loss = step(state, bidx, bmask)
+            return state, (loss, jnp.sum(bmask))
+        loss_dtype = jax.eval_shape(step, state, bidx, bmask)[1].dtype
+        state, loss = jax.lax.cond(on, step, lambda s, *_: (s, jnp.zeros((), loss_dtype)), state, bidx, bmask)
+        return state, (loss, jnp.sum(bmask) * on)
+
+    state, (losses, counts) = jax.lax.scan(body, state, (idx, mask, active))
+    return state, jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1)
 
 
 def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: bool = True,

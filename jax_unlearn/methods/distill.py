@@ -9,9 +9,9 @@ Conventions shared by every method here (and by :mod:`jax_unlearn.methods.noise`
   masked out of both); teachers run in eval mode — as every reference does (``teacher.eval()``).
 * A *pool* is a static-size list of candidate examples, some of which may be invalid (e.g. noise for a
   class absent from the forget set). :func:`valid_first` orders the valid ones first and
-  :func:`run_pool` runs only the batches that hold valid examples (a loop with a data-dependent trip
-  count; the count depends on the data only, never on the seed, so it stays a real loop under ``vmap``).
-  Fully padded batches would otherwise still move Adam/momentum optimisers.
+  :func:`run_pool` runs only the batches that hold valid examples (the others are skipped by a
+  ``lax.cond`` whose predicate depends on the data only, never on the seed, so it stays a real branch
+  under ``vmap``). Fully padded batches would otherwise still move Adam/momentum optimisers.
 """
 from __future__ import annotations
 
@@ -25,23 +25,10 @@ import optax
 from jax_unlearn.engine.batches import epoch_batches
 from jax_unlearn.engine.losses import cross_entropy, kl_divergence
 from jax_unlearn.engine.optim import torch_adam, torch_sgd
-from jax_unlearn.engine.train import Context, TrainState, apply_gradients, create_state, variables_of
+from jax_unlearn.engine.train import (Context, TrainState, create_state, forward_eval, run_steps, supervised_step,
+                                      teacher_logits, variables_of)
 from jax_unlearn.methods.base import Method, register
 from jax_unlearn.models import init_variables
-
-
-# --- model application on already-normalised float inputs (noise images are not uint8) ------------------
-
-def logits_train(ctx: Context, params, batch_stats, x, mask):
-    """Train-mode logits (B, C) and updated batch_stats for normalised float ``x`` (B, 32, 32, 3)."""
-    out, new = ctx.model.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mask=mask,
-                               mutable=["batch_stats"])
-    return out, new["batch_stats"]
-
-
-def logits_eval(ctx: Context, variables, x):
-    """Eval-mode logits (B, C) for normalised float ``x`` (a frozen teacher)."""
-    return ctx.model.apply(variables, x, train=False)
 
 
 # --- losses -----------------------------------------------------------------------------------------------
@@ -71,38 +58,17 @@ def valid_first(sort_keys, valid):
 
 def run_pool(step, state, order, n_valid, batch_size: int):
     """Run ``step(state, pool_idx (B,), mask (B,)) -> (state, loss)`` over ``order[:n_valid]`` in batches of
-    ``batch_size`` (last one partial and masked; batches past ``n_valid`` are not run at all).
+    ``batch_size`` (last one partial and masked; batches past ``n_valid`` are skipped, not run).
 
-    Returns ``(state, mean loss weighted by batch size)``; NaN when nothing ran."""
+    :func:`jax_unlearn.engine.train.run_steps` over ``order`` cut like an unshuffled epoch
+    (:func:`jax_unlearn.engine.batches.epoch_batches`). Returns ``(state, mean loss over the examples
+    run)`` (float32); NaN when nothing ran."""
     n = order.shape[0]
-    steps = -(-n // batch_size)
-    idx = jnp.concatenate([order, jnp.zeros((steps * batch_size - n,), jnp.int32)]).reshape(steps, batch_size)
-    live = (jnp.arange(steps * batch_size) < n_valid).reshape(steps, batch_size)
-
-    def body(i, carry):
-        state, total, count = carry
-        state, loss = step(state, idx[i], live[i])
-        c = jnp.sum(live[i].astype(jnp.float32))
-        return state, total + loss.astype(jnp.float32) * c, count + c
-
-    n_steps = (n_valid + batch_size - 1) // batch_size
-    state, total, count = jax.lax.fori_loop(0, n_steps, body, (state, jnp.float32(0), jnp.float32(0)))
-    return state, jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
-
-
-def loss_step(ctx: Context, tx, loss_fn):
-    """``step(state, x, labels, aux, mask) -> (state, loss)``: train-mode forward of normalised ``x``,
-    ``loss_fn(logits, labels, aux, mask)``, one optimiser step (``aux`` carries e.g. teacher logits)."""
-
-    def step(state: TrainState, x, labels, aux, mask):
-        def objective(params):
-            logits, batch_stats = logits_train(ctx, params, state.batch_stats, x, mask)
-            return loss_fn(logits, labels, aux, mask), batch_stats
-
-        (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        return apply_gradients(tx, state, grads, batch_stats), loss
-
-    return step
+    pos, real = epoch_batches(None, n, batch_size)
+    live = real & (pos < n_valid)
+    active = None if isinstance(n_valid, int) and n_valid >= n else jnp.any(live, axis=1)
+    state, loss = run_steps(step, state, order[pos], live, active)
+    return state, jnp.where(jnp.asarray(n_valid) > 0, loss.astype(jnp.float32), jnp.nan)  # a float32 metric
 
 
 def subset_size(n_retain: int, fraction) -> int:
@@ -129,11 +95,7 @@ def bad_teacher_pass(ctx: Context, tx, batch_size: int, temperature: float):
     retain rows; the loss is :func:`kl_mean_reduction` (the reference's ``F.kl_div`` default reduction).
     """
     n_r, n_f = ctx.size("retain"), ctx.size("forget")
-
-    def loss_fn(logits, _, aux, mask):
-        return kl_mean_reduction(logits, aux, mask, temperature)
-
-    step = loss_step(ctx, tx, loss_fn)
+    step = supervised_step(ctx, tx, lambda logits, teacher, mask: kl_mean_reduction(logits, teacher, mask, temperature))
 
     def pass_(student, key, data, subset, competent, incompetent):
         images, _ = data["train"]  # retain (0..n_r-1) then forget (n_r..)
@@ -141,10 +103,10 @@ def bad_teacher_pass(ctx: Context, tx, batch_size: int, temperature: float):
         is_forget = jnp.arange(pool.shape[0]) < n_f
 
         def pool_step(state, p, mask):
-            x = ctx.normalization.apply(images[pool[p]])
-            teacher = jnp.where(is_forget[p][:, None], logits_eval(ctx, incompetent, x),
-                                logits_eval(ctx, competent, x))
-            return step(state, x, None, teacher, mask)
+            x = images[pool[p]]
+            teacher = jnp.where(is_forget[p][:, None], teacher_logits(ctx, incompetent, x),
+                                teacher_logits(ctx, competent, x))
+            return step(state, x, teacher, mask)
 
         order = jax.random.permutation(key, pool.shape[0]).astype(jnp.int32)
         return run_pool(pool_step, student, order, pool.shape[0], batch_size)
@@ -252,16 +214,17 @@ def scrub(ctx: Context, *, epochs: int, msteps: int, batch_size: int, forget_bat
     tx = optax.inject_hyperparams(torch_sgd)(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
     decay_at = jnp.asarray(tuple(lr_decay_epochs) or (epochs + 1,), jnp.int32)
     n_f, n_r = ctx.size("forget"), ctx.size("retain")
-    max_step = loss_step(ctx, tx, lambda s, _, t, m: -kl_t2(s, t, m, temperature))
-    min_step = loss_step(ctx, tx, lambda s, y, t, m: gamma * cross_entropy(s, y, m)
-                         + alpha * kl_t2(s, t, m, temperature))
+    # labels = (class labels, teacher logits)
+    max_step = supervised_step(ctx, tx, lambda s, yt, m: -kl_t2(s, yt[1], m, temperature))
+    min_step = supervised_step(ctx, tx, lambda s, yt, m: gamma * cross_entropy(s, yt[0], m)
+                               + alpha * kl_t2(s, yt[1], m, temperature))
 
     def split_pass(step, split, n, bs, teacher, data, key, student):
         images, labels = data[split]
 
         def pool_step(state, p, mask):
-            x = ctx.normalization.apply(images[p])
-            return step(state, x, labels[p], logits_eval(ctx, teacher, x), mask)
+            x = images[p]
+            return step(state, x, (labels[p], teacher_logits(ctx, teacher, x)), mask)
 
         return run_pool(pool_step, student, jax.random.permutation(key, n).astype(jnp.int32), n, bs)
 
@@ -303,10 +266,9 @@ def importances(ctx: Context, variables, images, labels, batch_size: int):
 
     def body(acc, inp):
         bidx, bmask = inp
-        x = ctx.normalization.apply(images[bidx])
-
         def loss(p):
-            return cross_entropy(logits_eval(ctx, {"params": p, "batch_stats": batch_stats}, x), labels[bidx], bmask)
+            logits = forward_eval(ctx, {"params": p, "batch_stats": batch_stats}, images[bidx])
+            return cross_entropy(logits, labels[bidx], bmask)
 
         grads = jax.grad(loss)(params)
         return jax.tree_util.tree_map(lambda a, g: a + jnp.square(g.astype(jnp.float32)), acc, grads), None

@@ -17,10 +17,10 @@ import optax
 
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import torch_adam
-from jax_unlearn.engine.train import Context, TrainState, create_state, predict, variables_of
+from jax_unlearn.engine.train import (Context, TrainState, apply_eval, create_state, predict, supervised_step,
+                                      variables_of)
 from jax_unlearn.methods.base import Method, register
-from jax_unlearn.methods.distill import (bad_teacher_pass, logits_eval, loss_step, retain_subset, run_pool,
-                                         subset_size, valid_first)
+from jax_unlearn.methods.distill import bad_teacher_pass, retain_subset, run_pool, subset_size, valid_first
 
 
 def learn_noise(ctx: Context, variables, key, shape, num_classes: int, noise_images: int, steps: int,
@@ -37,7 +37,7 @@ def learn_noise(ctx: Context, variables, key, shape, num_classes: int, noise_ima
     tx = torch_adam(lr)
 
     def objective(noise, c):
-        logits = logits_eval(ctx, variables, noise)
+        logits = apply_eval(ctx, variables, noise)
         size = jnp.mean(jnp.sum(jnp.square(noise), axis=tuple(range(1, noise.ndim))))
         return -cross_entropy(logits, jnp.full((noise.shape[0],), c)) + reg * size
 
@@ -72,7 +72,9 @@ def noise_valid(forget_labels, num_classes: int, noise_images: int, copies: int)
 
 
 def pool_step(ctx: Context, step, data, noise):
-    """Wrap a ``loss_step`` into ``step(state, p (B,), mask)`` fetching pool entries (retain or noise)."""
+    """Wrap ``step(state, x, labels, mask)`` (a :func:`~jax_unlearn.engine.train.supervised_step` on
+    normalised inputs) into ``step(state, p (B,), mask)`` fetching pool entries: retain images
+    (normalised) with their labels, noise images with their class."""
     images, labels = data["retain"]
     n_r, num_classes, noise_images = images.shape[0], noise.shape[0], noise.shape[1]
 
@@ -81,7 +83,7 @@ def pool_step(ctx: Context, step, data, noise):
         r, q = jnp.where(is_noise, 0, p), jnp.maximum(p - n_r, 0)
         cls, i = q % num_classes, q // num_classes % noise_images
         x = jnp.where(is_noise[:, None, None, None], noise[cls, i], ctx.normalization.apply(images[r]))
-        return step(state, x, jnp.where(is_noise, cls, labels[r]), None, mask)
+        return step(state, x, jnp.where(is_noise, cls, labels[r]), mask)
 
     return fetch_step
 
@@ -99,7 +101,7 @@ def ce_pass(ctx: Context, lr: float, batch_size: int):
     """``pass_(variables, data, noise, order, n) -> (TrainState, mean CE)``: a fresh torch ``Adam(lr)``, one
     pass of plain cross-entropy over the pool entries ``order[:n]`` (train mode), in that order."""
     tx = torch_adam(lr)
-    step = loss_step(ctx, tx, lambda s, y, _, m: cross_entropy(s, y, m))
+    step = supervised_step(ctx, tx, cross_entropy, normalized=True)
 
     def pass_(variables, data, noise, order, n):
         return run_pool(pool_step(ctx, step, data, noise), create_state(variables, tx), order, n, batch_size)

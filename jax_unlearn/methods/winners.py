@@ -7,10 +7,12 @@ they have in common, so no method carries a copy:
 * :class:`WinnerState` — model, one optimiser state per optimiser the method uses, the number of engine
   epochs done (an unbatched ``int32`` under ``vmap``, so ``lax.cond`` on it stays a real branch), and a
   method-specific ``extra`` (teacher variables, gradient scales, masks).
-* :func:`loss_step` / :func:`optimizer_step` — one torch-SGD step of optimiser ``slot``, with an optional
+* :func:`loss_step` (over :func:`jax_unlearn.engine.train.loss_and_grads`; :func:`ce_loss` the plain-CE
+  loss) / :func:`optimizer_step` — one torch-SGD step of optimiser ``slot``, with an optional
   *gradient* scale (applied before weight decay, like a backward hook) and an optional *update* mask
   (:func:`jax_unlearn.engine.train.apply_gradients`: masked weights stay bit-identical).
-* :func:`run_batches` — a ``lax.scan`` of a step over given batch indices (a partial pass, or paired splits).
+* :func:`run_batches` — :func:`jax_unlearn.engine.train.run_steps` of a step over given batch indices of a
+  split (a partial pass, or paired splits).
 * leaf selectors (:func:`kind_mask` over :func:`jax_unlearn.engine.masks.leaf_kinds`, :func:`leaf_mask` by
   name), :func:`standard_draws` (one RNG call for many leaves) and :func:`reset_linear` (torch's default
   re-initialisation of a layer).
@@ -29,9 +31,9 @@ import jax.numpy as jnp
 import optax
 
 from jax_unlearn.engine.batches import epoch_batches, steps_per_epoch
-from jax_unlearn.engine.losses import masked_mean
+from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.masks import leaf_kinds
-from jax_unlearn.engine.train import Context, TrainState, apply_gradients, forward_eval, forward_train
+from jax_unlearn.engine.train import Context, TrainState, apply_gradients, loss_and_grads, run_steps
 
 
 class WinnerState(NamedTuple):
@@ -71,6 +73,11 @@ def optimizer_step(tx: optax.GradientTransformation, slot: int, state: WinnerSta
 WinnerLoss = Callable[[WinnerState, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
+def ce_loss(state: WinnerState, logits, images, labels, mask):
+    """Plain batch-mean cross-entropy as a :data:`WinnerLoss` (the fine-tuning passes of most winners)."""
+    return cross_entropy(logits, labels, mask)
+
+
 def loss_step(ctx: Context, tx: optax.GradientTransformation, slot: int, loss_fn: WinnerLoss, *,
               grad_scale: Callable | None = None, update_mask: Callable | None = None):
     """``step(state, images, labels, mask) -> (state, loss)``: train-mode forward, backprop, one step of
@@ -78,11 +85,8 @@ def loss_step(ctx: Context, tx: optax.GradientTransformation, slot: int, loss_fn
     :func:`optimizer_step`. Usable with :func:`jax_unlearn.engine.train.epoch_over` and :func:`run_batches`."""
 
     def step(state: WinnerState, images, labels, mask):
-        def objective(params):
-            logits, batch_stats = forward_train(ctx, params, state.batch_stats, images, mask)
-            return loss_fn(state, logits, images, labels, mask), batch_stats
-
-        (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        loss, batch_stats, grads = loss_and_grads(ctx, state.params, state.batch_stats, images, mask,
+                                                  lambda logits: loss_fn(state, logits, images, labels, mask))
         state = optimizer_step(tx, slot, state, grads, batch_stats,
                                grad_scale=None if grad_scale is None else grad_scale(state),
                                update_mask=None if update_mask is None else update_mask(state))
@@ -92,22 +96,10 @@ def loss_step(ctx: Context, tx: optax.GradientTransformation, slot: int, loss_fn
 
 
 def run_batches(step_fn, state, images, labels, idx, mask, active=None):
-    """``lax.scan`` ``step_fn(state, images[i], labels[i], mask)`` over the rows of ``idx`` (S, B) / ``mask``
-    (S, B); returns ``(state, mean loss over real examples)``. Steps where ``active`` (S,) is false are
-    skipped (``lax.cond``: no forward, no update; a real branch when ``active`` is not per-seed)."""
-
-    def body(state, inp):
-        bidx, bmask, on = inp
-        args = (state, images[bidx], labels[bidx], bmask)
-        if on is None:
-            state, loss = step_fn(*args)
-            return state, (loss, jnp.sum(bmask))
-        loss_dtype = jax.eval_shape(step_fn, *args)[1].dtype
-        state, loss = jax.lax.cond(on, step_fn, lambda s, *_: (s, jnp.zeros((), loss_dtype)), *args)
-        return state, (loss, jnp.sum(bmask) * on)
-
-    state, (losses, counts) = jax.lax.scan(body, state, (idx, mask, active))
-    return state, jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1)
+    """:func:`jax_unlearn.engine.train.run_steps` of ``step_fn(state, images[i], labels[i], mask)`` over the
+    rows of ``idx`` (S, B) / ``mask`` (S, B): ``(state, mean loss over real examples)``; steps where
+    ``active`` (S,) is false are skipped."""
+    return run_steps(lambda s, bidx, bmask: step_fn(s, images[bidx], labels[bidx], bmask), state, idx, mask, active)
 
 
 def shuffled_batches(key, n: int, batch_size: int, steps: int | None = None):
@@ -115,27 +107,6 @@ def shuffled_batches(key, n: int, batch_size: int, steps: int | None = None):
     idx, mask = epoch_batches(key, n, batch_size)
     steps = steps_per_epoch(n, batch_size) if steps is None else steps
     return idx[:steps], mask[:steps]
-
-
-def teacher_logits(ctx: Context, teacher, images):
-    """Eval-mode logits of a frozen model (``torch.no_grad()`` + ``.eval()``)."""
-    return jax.lax.stop_gradient(forward_eval(ctx, teacher, images))
-
-
-def soft_cross_entropy(logits, target_probs, mask=None):
-    """``mean_i sum_c -q_ic log_softmax(z_i)_c`` over unmasked rows (logits (B, C), target_probs (B, C))."""
-    per_row = -jnp.sum(target_probs * jax.nn.log_softmax(_f32(logits)), axis=-1)
-    return masked_mean(per_row, mask)
-
-
-def entropy(logits):
-    """Shannon entropy (nats) of ``softmax(logits)`` per row: (B, C) -> (B,)."""
-    log_p = jax.nn.log_softmax(_f32(logits))
-    return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
-
-
-def _f32(x):
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 # ---- leaves -------------------------------------------------------------------------------------------------

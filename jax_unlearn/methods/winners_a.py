@@ -12,19 +12,15 @@ import jax
 import jax.numpy as jnp
 
 from jax_unlearn.engine.batches import epoch_batches, steps_per_epoch
-from jax_unlearn.engine.losses import cross_entropy, kl_divergence, masked_mean
+from jax_unlearn.engine.losses import cross_entropy, entropy, kl_divergence, masked_mean
 from jax_unlearn.engine.optim import cosine_annealing_per_epoch, torch_sgd
-from jax_unlearn.engine.train import epoch_over, forward_train, variables_of
+from jax_unlearn.engine.train import epoch_over, forward_train, loss_and_grads, run_steps, teacher_logits, variables_of
 from jax_unlearn.methods.base import Method, register
 from jax_unlearn.methods.winners import (
-    class_counts, entropy, fan_in, fan_out, half_round_trip, kind_mask, leaf_mask, loss_step, map_selected,
-    next_epoch, optimizer_step, run_batches, shuffled_batches, standard_draws, teacher_logits, winner_state)
+    ce_loss, class_counts, fan_in, fan_out, half_round_trip, kind_mask, leaf_mask, loss_step, map_selected,
+    next_epoch, optimizer_step, run_batches, shuffled_batches, standard_draws, winner_state)
 
 _REF = "NeurIPS 2023 Machine Unlearning Challenge (Kaggle); port: xcadet/deepunlearn munl/unlearning/"
-
-
-def _ce(state, logits, images, labels, mask):
-    return cross_entropy(logits, labels, mask)
 
 
 # ---- fanchuan -----------------------------------------------------------------------------------------------
@@ -80,7 +76,7 @@ def fanchuan(ctx, *, epochs, batch_size, forget_batch_size, kl_lr, forget_lr, et
     tx_forget = torch_sgd(cosine_annealing_per_epoch(forget_lr, f_steps * epochs, 1, eta_min), momentum)
     tx_retain = torch_sgd(retain_lr * batch_size / 64, momentum, retain_weight_decay)
     to_uniform = loss_step(ctx, tx_kl, 0, lambda s, z, x, y, m: kl_divergence(z, jnp.zeros_like(z), m))
-    retain_round = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx_retain, 1, _ce))
+    retain_round = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx_retain, 1, ce_loss))
 
     def init(key, start_variables, data):
         state = winner_state(start_variables, (tx_kl.init(start_variables["params"]),))
@@ -88,26 +84,25 @@ def fanchuan(ctx, *, epochs, batch_size, forget_batch_size, kl_lr, forget_lr, et
         state, _ = run_batches(to_uniform, state, images, labels, *shuffled_batches(key, n_f, forget_batch_size))
         return winner_state(variables_of(state), (tx_forget.init(state.params), tx_retain.init(state.params)))
 
-    def contrastive_step(state, inp):
-        xf, mf, xr, mr = inp
-
+    def contrastive_step(state, xf, mf, xr, mr):
         def objective(params):
             z_f, batch_stats = forward_train(ctx, params, state.batch_stats, xf, mf)
             z_r, batch_stats = forward_train(ctx, params, batch_stats, xr, mr)
             return fanchuan_contrastive_loss(z_f, jax.lax.stop_gradient(z_r), temperature, mf, mr), batch_stats
 
         (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        return optimizer_step(tx_forget, 0, state, grads, batch_stats), (loss, jnp.sum(mf))
+        return optimizer_step(tx_forget, 0, state, grads, batch_stats), loss
 
     def epoch(state, key, data):
         k_forget, k_pair, k_retain = jax.random.split(key, 3)
         f_idx, f_mask = shuffled_batches(k_forget, n_f, forget_batch_size, pair_steps)
         r_idx, r_mask = shuffled_batches(k_pair, n_r, batch_size, pair_steps)
         xf, xr = data["forget"][0], data["retain"][0]
-        state, (losses, counts) = jax.lax.scan(lambda s, i: contrastive_step(s, (xf[i[0]], i[1], xr[i[2]], i[3])),
-                                               state, (f_idx, f_mask, r_idx, r_mask))
+        # The loss is averaged over forget examples: the forget mask is the one run_steps counts.
+        state, forget_loss = run_steps(lambda s, i, mf: contrastive_step(s, xf[i[0]], mf, xr[i[1]], i[2]),
+                                       state, (f_idx, r_idx, r_mask), f_mask)
         state, metrics = retain_round(state, k_retain, data)
-        return next_epoch(state), {**metrics, "forget_loss": jnp.sum(losses * counts) / jnp.sum(counts)}
+        return next_epoch(state), {**metrics, "forget_loss": forget_loss}
 
     return Method(init, epoch, variables_of, epochs)
 
@@ -122,11 +117,8 @@ def _accumulated_gradient(ctx, params, batch_stats, images, labels, idx, mask, s
         acc, stats = carry
         bidx, bmask, sign = inp
 
-        def objective(p):
-            logits, new_stats = forward_train(ctx, p, stats, images[bidx], bmask)
-            return sign * cross_entropy(logits, labels[bidx], bmask), new_stats
-
-        grads, stats = jax.grad(objective, has_aux=True)(params)
+        _, stats, grads = loss_and_grads(ctx, params, stats, images[bidx], bmask,
+                                         lambda logits: sign * cross_entropy(logits, labels[bidx], bmask))
         return (jax.tree_util.tree_map(jnp.add, acc, grads), stats), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -172,7 +164,7 @@ def kookmin(ctx, *, epochs, batch_size, lr, momentum, weight_decay, init_rate, k
     """
     n_f, n_r = ctx.size("forget"), ctx.size("retain")
     tx = torch_sgd(_warmup_then_linear_decay(lr, epochs, steps_per_epoch(n_r, batch_size)), momentum, weight_decay)
-    train = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx, 0, _ce, grad_scale=lambda s: s.extra))
+    train = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx, 0, ce_loss, grad_scale=lambda s: s.extra))
 
     def init(key, start_variables, data):
         k_subset, k_forget, k_init = jax.random.split(key, 3)

@@ -13,21 +13,16 @@ import jax.numpy as jnp
 import optax
 
 from jax_unlearn.engine.batches import steps_per_epoch
-from jax_unlearn.engine.losses import cross_entropy, kl_divergence
+from jax_unlearn.engine.losses import cross_entropy, kl_divergence, soft_cross_entropy
 from jax_unlearn.engine.optim import cosine_annealing_per_epoch, torch_sgd
-from jax_unlearn.engine.train import epoch_over, variables_of
+from jax_unlearn.engine.train import epoch_over, teacher_logits, variables_of
 from jax_unlearn.methods.base import Method, register
 from jax_unlearn.methods.finetune import supervised
 from jax_unlearn.methods.winners import (
-    kind_mask, leaf_mask, loss_step, map_selected, next_epoch, reset_linear, soft_cross_entropy, standard_draws,
-    teacher_logits, winner_state)
+    ce_loss, kind_mask, leaf_mask, loss_step, map_selected, next_epoch, reset_linear, standard_draws, winner_state)
 from jax_unlearn.models import init_variables
 
 _REF = "NeurIPS 2023 Machine Unlearning Challenge (Kaggle); port: xcadet/deepunlearn munl/unlearning/"
-
-
-def _ce(state, logits, images, labels, mask):
-    return cross_entropy(logits, labels, mask)
 
 
 # ---- toshi-conv-transpose -----------------------------------------------------------------------------------
@@ -170,7 +165,7 @@ def sun(ctx, *, epochs, fine_epochs, reset_epochs, lr, fine_lrs, momentum, weigh
     def update_mask(state):
         return jax.tree_util.tree_unflatten(treedef, list(state.extra.trained))
 
-    train = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx, 0, _ce, update_mask=update_mask))
+    train = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx, 0, ce_loss, update_mask=update_mask))
 
     def init(key, start_variables, data):
         params = reset_linear(key, start_variables["params"], "fc")

@@ -301,7 +301,7 @@ def test_curriculum_is_easy_first_with_labels_aligned_and_noise_interleaved(ctx,
 
     # What a pass fetches: every retain image comes with its own label, every noise image with its class.
     table = jax.random.normal(jax.random.key(0), (4, nb, 32, 32, 3))
-    spy = noise.pool_step(ctx, lambda state, x, y, aux, mask: (x, y), dev, table)
+    spy = noise.pool_step(ctx, lambda state, x, y, mask: (x, y), dev, table)
     x, y = jax.jit(spy, compiler_options=FAST)(None, jnp.asarray(impair), jnp.ones(len(impair), bool))
     x, y = np.asarray(x), np.asarray(y)
     pixel = np.rint((x[~is_noise, 0, 0, 0] * 0.25 + 0.5) * 255 / 40).astype(int)
