@@ -19,15 +19,25 @@ from jax_unlearn.engine.run import RunConfig, context_for, default_chunk_size, d
 from jax_unlearn.methods import build_method, get_method
 from jax_unlearn.methods.finetune import original
 from jax_unlearn.models import ResNet18
+from jax_unlearn.models.conv import check_impl
 from jax_unlearn.runs import RunFolder
 from jax_unlearn.sweep import plan_sweep, split_hyper
 
 
-def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32"):
-    """The ResNet-18 every job uses; ``dtype`` the compute dtype (``float32`` or ``bfloat16``)."""
+def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32", *, conv_impl: str = "xla",
+               stem_conv_impl: str | None = None):
+    """The ResNet-18 every job uses; ``dtype`` the compute dtype (``float32`` or ``bfloat16``).
+
+    ``conv_impl`` lowers every conv as XLA's convolution (``'xla'``, default) or as im2col + GEMM
+    (``'gemm'``: no grouped convolutions under ``vmap`` over lanes); ``stem_conv_impl`` overrides it for the
+    stem (None: as ``conv_impl``). Same function and same variables either way (:mod:`jax_unlearn.models.conv`).
+    """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"unknown dtype {dtype!r}; valid: float32, bfloat16")
-    return ResNet18(num_classes=num_classes, stem=stem, dtype=jnp.dtype(dtype))
+    for impl in (conv_impl, stem_conv_impl or conv_impl):
+        check_impl(impl)
+    return ResNet18(num_classes=num_classes, stem=stem, dtype=jnp.dtype(dtype), conv_impl=conv_impl,
+                    stem_conv_impl=stem_conv_impl)
 
 
 def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *, start_variables=None,

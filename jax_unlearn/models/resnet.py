@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jax_unlearn.models.batchnorm import BatchNorm
+from jax_unlearn.models.conv import Conv, ConvImpl, check_impl
 
 # torchvision: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu") -> N(0, 2 / fan_out), untruncated.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -40,10 +41,11 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: Any = jnp.float32
+    conv_impl: ConvImpl = "xla"  # see jax_unlearn.models.conv
 
     @nn.compact
     def __call__(self, x, *, train: bool, mask=None):
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        conv = functools.partial(Conv, kernel_init=conv_init, dtype=self.dtype, impl=self.conv_impl)
         norm = functools.partial(BatchNorm, dtype=self.dtype)
         y = conv(self.features, (3, 3), (self.strides,) * 2, padding=((1, 1), (1, 1)), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y, train=train, mask=mask))
@@ -65,6 +67,17 @@ class ResNet(nn.Module):
     ``stem='imagenet'`` is torchvision's 7×7/2 conv + 3×3/2 max-pool; ``stem='cifar'`` is the common CIFAR
     research variant (3×3/1 conv, no max-pool), i.e. torch ``conv1 = Conv2d(3, 64, 3, 1, 1, bias=False)``
     and ``maxpool = Identity()``.
+
+    ``conv_impl`` chooses how every convolution is lowered (:mod:`jax_unlearn.models.conv`): ``'xla'``
+    (``lax.conv_general_dilated``, the default) or ``'gemm'`` (im2col + one GEMM, no convolution op: under
+    ``vmap`` over lanes with per-lane weights, batched GEMMs instead of grouped convolutions). It is the
+    same function either way, with the same variables. ``stem_conv_impl`` overrides it for the stem conv
+    only; None (default) means "as ``conv_impl``". Our choice is that the stem follows the body: under
+    ``vmap`` the stem conv is lane-grouped too (its images and weights both differ per lane), so only with
+    the stem in GEMM form is the vmapped program free of grouped convolutions; the price is the stem's
+    im2col (7·7·3 = 147 columns per output pixel, about 2.3× the stem's output, kept for the weight
+    gradient). ``stem_conv_impl='xla'`` keeps the stem on XLA's conv (it needs no input gradient), so the
+    benchmarks can measure both.
     """
 
     stage_sizes: Sequence[int]
@@ -72,16 +85,20 @@ class ResNet(nn.Module):
     stem: Literal["imagenet", "cifar"] = "imagenet"
     dtype: Any = jnp.float32  # compute dtype; params, BN statistics and logits stay float32
     width: int = 64  # channels of the stem and first stage (torchvision: 64); small values make test models
+    conv_impl: ConvImpl = "xla"
+    stem_conv_impl: ConvImpl | None = None  # None: as conv_impl
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, mask=None):
+        check_impl(self.conv_impl)
+        stem_impl = check_impl(self.conv_impl if self.stem_conv_impl is None else self.stem_conv_impl)
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
-            x = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, kernel_init=conv_init,
-                        dtype=self.dtype, name="conv1")(x)
+            x = Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), impl=stem_impl, kernel_init=conv_init,
+                     dtype=self.dtype, name="conv1")(x)
         elif self.stem == "cifar":
-            x = nn.Conv(self.width, (3, 3), (1, 1), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=conv_init,
-                        dtype=self.dtype, name="conv1")(x)
+            x = Conv(self.width, (3, 3), (1, 1), padding=((1, 1), (1, 1)), impl=stem_impl, kernel_init=conv_init,
+                     dtype=self.dtype, name="conv1")(x)
         else:
             raise ValueError(f"unknown stem {self.stem!r}; valid: 'imagenet', 'cifar'")
         x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train=train, mask=mask))
@@ -90,7 +107,7 @@ class ResNet(nn.Module):
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(self.width * 2**stage, strides, dtype=self.dtype,
+                x = BasicBlock(self.width * 2**stage, strides, dtype=self.dtype, conv_impl=self.conv_impl,
                                name=f"layer{stage + 1}_{block}")(x, train=train, mask=mask)
         x = jnp.mean(x.astype(jnp.promote_types(self.dtype, jnp.float32)), axis=(1, 2))
         fan_in = x.shape[-1]

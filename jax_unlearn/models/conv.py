@@ -1,0 +1,156 @@
+"""A bias-free 2-D convolution with a choice of lowering: XLA's convolution, or im2col + one GEMM.
+
+Why: the engine runs many models at once with ``jax.vmap`` over seed lanes. When both the activations and
+the weights carry the lane axis, JAX's batching rule for ``lax.conv_general_dilated`` folds the lanes into a
+*grouped* convolution (``feature_group_count = lanes``), which GPU backends run far below a plain
+convolution (the input-gradient of a grouped conv is not handed to cuDNN; issue #6 measured ~6× below the
+single-model ceiling). ``impl='gemm'`` writes the same function without any convolution op: im2col made of
+pad + strided slices + one concatenation (pure data movement), then one ``dot_general`` with the kernel
+reshaped to ``(kh·kw·cin, cout)``. Under ``vmap`` the slices act on the lane-batched tensor and the
+``dot_general`` becomes a batched GEMM (lanes as the batch dimension) — in the forward pass and, as the
+transposes of slice/pad/concatenate/dot are again slice/pad/dot, in both backward passes.
+
+Taps that read only zero padding are dropped before the GEMM: they contribute exactly ``0·w`` to every
+output. This makes a 3×3/pad-1 conv on a 1×1 map a plain matmul with the centre tap, a 3×3/2 conv from a
+2×2 map a 4-tap GEMM, and a 1×1 conv a matmul on the (strided) input. Padding is applied only as far as
+the kept taps read it. The result is the same mathematical function as ``lax.conv_general_dilated`` (the
+floating-point summation order differs, so float32 agrees to rounding; ``tests/models/test_conv.py``
+checks forward, input- and weight-gradients in float32 and float64).
+
+Parameters are exactly ``flax.linen.Conv(features, kernel_size, strides, padding, use_bias=False)``'s: one
+``'kernel'`` of shape ``(kh, kw, cin, cout)`` (HWIO) in ``param_dtype``, drawn by ``kernel_init``; inputs and
+kernel are promoted to ``dtype`` with Flax's own ``promote_dtype``. ``impl='xla'`` issues the very call
+``nn.Conv`` makes, so it is bit-identical to it.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
+from jax import lax
+
+CONV_IMPLS = ("xla", "gemm")
+ConvImpl = Literal["xla", "gemm"]
+
+
+def check_impl(impl: str) -> str:
+    """``impl`` if it names a known lowering, else a ValueError listing the valid ones."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}; valid: {', '.join(CONV_IMPLS)}")
+    return impl
+
+
+def _pads(padding, kernel_size: Sequence[int], strides: Sequence[int], spatial: Sequence[int]):
+    """Explicit ``((lo, hi), (lo, hi))`` from a Flax-style padding ('VALID', 'SAME', or pairs)."""
+    if isinstance(padding, str):
+        if padding.upper() not in ("VALID", "SAME"):
+            raise ValueError(f"conv padding {padding!r} not supported; use 'VALID', 'SAME' or (lo, hi) pairs")
+        return tuple(lax.padtype_to_pads(spatial, kernel_size, strides, padding.upper()))
+    pads = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+    if len(pads) != 2 or any(len(p) != 2 for p in pads):
+        raise ValueError(f"conv padding must be two (lo, hi) pairs, got {padding!r}")
+    return pads
+
+
+def _axis_taps(size: int, k: int, stride: int, pad: tuple[int, int]):
+    """For one spatial axis: the output length, the taps that read at least one real (non-padding) input
+    element, and the (low, high) padding those taps actually read."""
+    lo, hi = pad
+    out = (size + lo + hi - k) // stride + 1
+    if out < 1:
+        raise ValueError(f"conv window {k} (stride {stride}, padding {pad}) does not fit an axis of {size}")
+    # Tap t reads input positions t - lo + stride * o, o = 0 .. out - 1.
+    taps = [t for t in range(k) if any(0 <= t - lo + stride * o < size for o in range(out))]
+    first = min(t - lo for t in taps)
+    last = max(t - lo + stride * (out - 1) for t in taps)
+    return out, taps, (max(0, -first), max(0, last - (size - 1)))
+
+
+def conv_gemm(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding, precision=None) -> jax.Array:
+    """``lax.conv_general_dilated(x, kernel, strides, padding)`` in NHWC/HWIO, written as im2col + GEMM.
+
+    Args:
+      x: (N, H, W, Cin) input.
+      kernel: (kh, kw, Cin, Cout) kernel (HWIO), same dtype as ``x``.
+      strides: (sh, sw).
+      padding: 'VALID', 'SAME' or ((top, bottom), (left, right)) zero padding.
+      precision: passed to ``lax.dot_general`` (as ``nn.Conv`` passes it to the convolution).
+
+    Returns:
+      (N, Ho, Wo, Cout) with ``Ho = (H + top + bottom - kh) // sh + 1`` (likewise ``Wo``).
+
+    Only taps that read real input are kept (the others multiply zero padding); each kept tap (i, j) is the
+    strided slice ``xp[:, i::sh, j::sw, :]`` of the input padded as far as those taps need, the slices are
+    concatenated in HWIO order along channels, and one ``dot_general`` contracts them with the matching rows
+    of ``kernel.reshape(kh·kw·Cin, Cout)``. No convolution op is emitted, forward or backward.
+    """
+    if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"conv_gemm wants NHWC x and HWIO kernel with matching Cin, got {x.shape}, {kernel.shape}")
+    (n, h, w, cin), (kh, kw, _, cout) = x.shape, kernel.shape
+    (sh, sw) = strides
+    pad_h, pad_w = _pads(padding, (kh, kw), (sh, sw), (h, w))
+    ho, taps_h, (ph_lo, ph_hi) = _axis_taps(h, kh, sh, pad_h)
+    wo, taps_w, (pw_lo, pw_hi) = _axis_taps(w, kw, sw, pad_w)
+    if ph_lo or ph_hi or pw_lo or pw_hi:
+        x = jnp.pad(x, ((0, 0), (ph_lo, ph_hi), (pw_lo, pw_hi), (0, 0)))
+    # Tap t's first read, in the coordinates of the (partially) padded x.
+    off_h, off_w = pad_h[0] - ph_lo, pad_w[0] - pw_lo
+    cols = [lax.slice(x, (0, i - off_h, j - off_w, 0),
+                      (n, i - off_h + sh * (ho - 1) + 1, j - off_w + sw * (wo - 1) + 1, cin), (1, sh, sw, 1))
+            for i in taps_h for j in taps_w]
+    cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    k2 = kernel.reshape(kh * kw * cin, cout)  # row (i·kw + j)·Cin + c is kernel[i, j, c]
+    if len(taps_h) < kh or len(taps_w) < kw:  # keep the kept taps' rows, in their slices' order
+        rows = [lax.slice_in_dim(k2, (i * kw + j) * cin, (i * kw + j + 1) * cin) for i in taps_h for j in taps_w]
+        k2 = rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=0)
+    return lax.dot_general(cols, k2, (((3,), (0,)), ((), ())), precision=precision)
+
+
+class Conv(nn.Module):
+    """``nn.Conv(features, kernel_size, strides, padding, use_bias=False)`` with a selectable lowering.
+
+    Attributes:
+      features: output channels Cout.
+      kernel_size: (kh, kw).
+      strides: (sh, sw).
+      padding: 'VALID', 'SAME' or ((top, bottom), (left, right)).
+      impl: 'xla' — ``lax.conv_general_dilated``, the call ``nn.Conv`` makes (bit-identical to it);
+        'gemm' — :func:`conv_gemm` (im2col + one GEMM; no convolution op, so ``vmap`` over lanes with
+        per-lane weights gives batched GEMMs instead of grouped convolutions).
+      dtype: compute dtype (None: inferred from input and kernel, as ``nn.Conv``).
+      param_dtype, kernel_init, precision: as ``nn.Conv``.
+
+    Input (N, H, W, Cin); output (N, Ho, Wo, Cout). Variables: ``{'params': {'kernel': (kh, kw, Cin, Cout)}}``,
+    the same tree ``nn.Conv(..., use_bias=False)`` makes, so checkpoints and converters are shared.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] = (1, 1)
+    padding: Any = "SAME"
+    impl: ConvImpl = "xla"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Any = nn.linear.default_kernel_init
+
+    @nn.compact
+    def __call__(self, x):
+        check_impl(self.impl)
+        if x.ndim != 4:
+            raise ValueError(f"Conv expects NHWC input (4 dims), got shape {x.shape}")
+        kernel_size, strides = tuple(self.kernel_size), tuple(self.strides)
+        kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features),
+                            self.param_dtype)
+        x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
+        if self.impl == "gemm":
+            return conv_gemm(x, kernel, strides, self.padding, self.precision)
+        padding = self.padding if isinstance(self.padding, str) else _pads(self.padding, kernel_size, strides,
+                                                                           x.shape[1:3])
+        return lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation=(1, 1), rhs_dilation=(1, 1),
+                                        dimension_numbers=lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1),
+                                                                                   (0, 3, 1, 2)),
+                                        feature_group_count=1, precision=self.precision)
