@@ -139,7 +139,7 @@ def _warmup_then_linear_decay(base_lr, epochs: int, steps_per_epoch_: int):
     return schedule
 
 
-@register("kookmin", "re-init the 30% smallest-|grad| weights of every conv, damp the rest's gradient, fine-tune",
+@register("kookmin", "re-init the 30% smallest-gradient weights of every conv, damp the rest's gradient, fine-tune",
           _REF + "kgltop2.py (Kookmin)",
           epochs=5, batch_size=64, lr=1e-3, momentum=0.9, weight_decay=5e-4, init_rate=0.3, kept_grad_scale=0.1)
 def kookmin(ctx, *, epochs, batch_size, lr, momentum, weight_decay, init_rate, kept_grad_scale) -> Method:
