@@ -93,6 +93,56 @@ def compiled_memory(compiled) -> dict[str, int] | None:
             if hasattr(m, f"{name}_size_in_bytes")}
 
 
+# ------------------------------------------------------------------------ model variants, lane programs
+
+# --conv values: how the ResNet's convolutions are lowered (jax_unlearn.models.conv), as
+# (conv_impl, stem_conv_impl) for jax_unlearn.jobs.make_model. All three are the same function.
+CONV_SPECS = {
+    "xla": ("xla", None),        # lax.conv_general_dilated everywhere (default; grouped convs under vmap)
+    "gemm": ("gemm", None),      # im2col + GEMM everywhere: no convolution op in the vmapped program
+    "gemm-body": ("gemm", "xla"),  # GEMM for the blocks, XLA's conv for the 7×7 stem (no input gradient)
+}
+
+
+def conv_spec(name: str) -> dict[str, str | None]:
+    """``make_model`` keywords for a ``--conv`` value (see :data:`CONV_SPECS`); ValueError if unknown."""
+    if name not in CONV_SPECS:
+        raise ValueError(f"unknown --conv {name!r}; valid: {', '.join(CONV_SPECS)}")
+    conv_impl, stem_conv_impl = CONV_SPECS[name]
+    return {"conv_impl": conv_impl, "stem_conv_impl": stem_conv_impl}
+
+
+def vmap_lanes(fn: Callable, in_axes: Sequence[int | None], lane_map: int = 0) -> Callable:
+    """``jax.vmap(fn, in_axes)`` over a leading lane axis, or, with ``lane_map = M > 0``, ``lax.map`` over
+    groups of ``M`` lanes of ``vmap(fn)`` — the same per-lane function (lanes never interact) computed
+    ``M`` lanes at a time, which bounds the working set and gives XLA smaller batched ops. ``in_axes``
+    entries are 0 (split by lane) or None (shared by all lanes); the lane count must be a multiple of M.
+    """
+    import jax
+
+    if any(a not in (0, None) for a in in_axes):
+        raise ValueError(f"in_axes entries must be 0 or None, got {in_axes}")
+    vf = jax.vmap(fn, in_axes=tuple(in_axes))
+    if not lane_map:
+        return vf
+
+    def mapped(*args):
+        lanes = [a for a, ax in zip(args, in_axes) if ax == 0]
+        n = jax.tree_util.tree_leaves(lanes)[0].shape[0]
+        if n % lane_map:
+            raise ValueError(f"{n} lanes are not a multiple of lane_map={lane_map}")
+        group = lambda t: t.reshape(n // lane_map, lane_map, *t.shape[1:])  # noqa: E731
+
+        def one_group(grouped):
+            it = iter(grouped)
+            return vf(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
+
+        out = jax.lax.map(one_group, jax.tree_util.tree_map(group, lanes))
+        return jax.tree_util.tree_map(lambda t: t.reshape(n, *t.shape[2:]), out)
+
+    return mapped
+
+
 # -------------------------------------------------------------------------------------------- memory
 
 

@@ -13,9 +13,21 @@ as in a real run.
 The ceiling column is one model (no vmap) at batch ``K·B``: the same images per step, as one large-batch
 model — the most the device gives this network, and what K lanes should approach.
 
+Variants, each the same function (so every row trains the same models; only the program differs):
+
+- ``--conv``: how convolutions are lowered (:data:`common.CONV_SPECS`, :mod:`jax_unlearn.models.conv`):
+  ``xla`` (XLA's convolution; under vmap a grouped convolution per conv), ``gemm`` (im2col + batched GEMM,
+  no convolution op at all), ``gemm-body`` (GEMM blocks, XLA stem). A list measures each in one run; the
+  ceiling is measured per variant and the table also divides by the best single model of any variant.
+- ``--lane-map``: 0 is plain vmap over the K lanes; ``M > 0`` is ``lax.map`` over K/M groups of M vmapped
+  lanes (:func:`common.vmap_lanes`); points where M does not divide K, or M ≥ K, are skipped.
+- ``--no-donate``: do not donate the train state to the step (default: donated, as a real run does).
+
 Usage (from the repository root)::
 
     python benchmarks/throughput.py --lanes 1,8,32,64,128 --batch 64,128,256 --dtypes float32,bfloat16
+    python benchmarks/throughput.py --lanes 64 --batch 64 --dtypes bfloat16 --conv xla,gemm,gemm-body \
+        --lane-map 0,8,16
     python benchmarks/throughput.py --quick --model tiny      # CPU smoke run (seconds, not a figure)
 
 Writes ``<out>.json``, ``<out>.md`` and ``<out>.png`` (img/s against lanes, log-log).
@@ -35,10 +47,10 @@ from benchmarks import common  # noqa: E402
 QUICK = dict(lanes="1,2", batch="8", dtypes="float32", steps=2, repeats=2, warmup=1, pool=64, image_size=16)
 
 
-def _ints(text: str) -> list[int]:
+def _ints(text: str, minimum: int = 1) -> list[int]:
     values = [int(v) for v in text.split(",") if v]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive comma-separated integers, got {text!r}")
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {minimum}, got {text!r}")
     return values
 
 
@@ -55,6 +67,10 @@ def parse_args(argv):
     p.add_argument("--model", choices=("resnet18", "tiny"), default="resnet18",
                    help="tiny: ResNet(stage_sizes=(1, 1), width=8), for smoke tests only")
     p.add_argument("--no-ceiling", action="store_true", help="skip the single-model batch K·B points")
+    p.add_argument("--conv", default="xla", help=f"conv lowerings to measure (comma-separated): "
+                   f"{', '.join(common.CONV_SPECS)}")
+    p.add_argument("--lane-map", default="0", help="lanes per lax.map group (comma-separated); 0: plain vmap")
+    p.add_argument("--no-donate", action="store_true", help="do not donate the train state to the step")
     p.add_argument("--quick", action="store_true", help=f"tiny grid for CPU smoke tests: {QUICK}")
     p.add_argument("--out", default="out/benchmarks/throughput", help="output prefix (.json, .md, .png)")
     args = p.parse_args(argv)
@@ -62,7 +78,13 @@ def parse_args(argv):
         for k, v in QUICK.items():
             if getattr(args, k) == p.get_default(k):
                 setattr(args, k, v)
-    args.lanes, args.batch = _ints(args.lanes), _ints(args.batch)
+    try:
+        args.lanes, args.batch, args.lane_map = _ints(args.lanes), _ints(args.batch), _ints(args.lane_map, 0)
+    except argparse.ArgumentTypeError as e:
+        p.error(str(e))
+    args.conv = [c for c in args.conv.split(",") if c]
+    if not args.conv or any(c not in common.CONV_SPECS for c in args.conv):
+        p.error(f"--conv must be a subset of {list(common.CONV_SPECS)}, got {args.conv}")
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     if any(d not in ("float32", "bfloat16") for d in args.dtypes):
         p.error(f"--dtypes must be float32 and/or bfloat16, got {args.dtypes}")
@@ -72,15 +94,17 @@ def parse_args(argv):
     return args
 
 
-def make_model(name: str, dtype: str):
+def make_model(name: str, dtype: str, conv: str = "xla"):
+    """ResNet-18 (``jobs.make_model``) or the tiny smoke-test ResNet, in compute ``dtype``, convolutions
+    lowered as the ``--conv`` value ``conv`` says."""
     import jax.numpy as jnp
 
     from jax_unlearn.jobs import make_model as resnet18
     from jax_unlearn.models import ResNet
 
     if name == "tiny":
-        return ResNet(stage_sizes=(1, 1), num_classes=10, width=8, dtype=jnp.dtype(dtype))
-    return resnet18(10, dtype=dtype)
+        return ResNet(stage_sizes=(1, 1), num_classes=10, width=8, dtype=jnp.dtype(dtype), **common.conv_spec(conv))
+    return resnet18(10, dtype=dtype, **common.conv_spec(conv))
 
 
 class Setup(NamedTuple):
@@ -160,9 +184,10 @@ def _initial_state(setup: Setup, lanes: int | None):
     return jax.jit(init)(setup.variables)
 
 
-def bench_point(setup: Setup, *, lanes: int | None, batch: int, steps: int, warmup: int, repeats: int) -> dict:
-    """Time ``steps`` train steps of ``lanes`` vmapped models (``lanes=None``: one model, no vmap) at
-    per-model batch ``batch``. Returns img/s, the timing, compile seconds and XLA's memory plan."""
+def program(setup: Setup, *, lanes: int | None, batch: int, steps: int, lane_map: int = 0):
+    """``(fn, state, args)``: ``fn(state, *args) -> (state, metrics)`` runs ``steps`` train steps of
+    ``lanes`` models (``lanes=None``: one model, no vmap; ``lane_map`` as :func:`common.vmap_lanes`) at
+    per-model batch ``batch``, lane ``i`` drawing its batches from its own key."""
     import jax
     import jax.numpy as jnp
 
@@ -178,9 +203,18 @@ def bench_point(setup: Setup, *, lanes: int | None, batch: int, steps: int, warm
 
     state = _initial_state(setup, lanes)
     keys = jax.random.key(2) if lanes is None else jax.random.split(jax.random.key(2), lanes)
-    fn = model_steps if lanes is None else jax.vmap(model_steps, in_axes=(0, 0, None, None))
-    args = (keys, setup.images, setup.labels)
-    compiled, compile_s = common.compile_jax(jax.jit(fn, donate_argnums=0), state, *args)
+    fn = model_steps if lanes is None else common.vmap_lanes(model_steps, (0, 0, None, None), lane_map)
+    return fn, state, (keys, setup.images, setup.labels)
+
+
+def bench_point(setup: Setup, *, lanes: int | None, batch: int, steps: int, warmup: int, repeats: int,
+                lane_map: int = 0, donate: bool = True) -> dict:
+    """Time :func:`program` (``donate``: the state donated to each call, as a real run does). Returns
+    img/s, the timing, compile seconds and XLA's memory plan."""
+    import jax
+
+    fn, state, args = program(setup, lanes=lanes, batch=batch, steps=steps, lane_map=lane_map)
+    compiled, compile_s = common.compile_jax(jax.jit(fn, donate_argnums=0 if donate else ()), state, *args)
     timing, _ = common.time_chained(compiled, state, *args, warmup=warmup, repeats=repeats)
     return {"img_per_s": (lanes or 1) * batch * steps / timing.median, "step_ms": 1e3 * timing.median / steps,
             "compile_s": compile_s, "timing": timing.to_dict(), "memory_plan": common.compiled_memory(compiled)}
@@ -190,47 +224,67 @@ def _is_oom(error: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
 
 
+def lane_maps_for(lanes: int, lane_maps) -> list[int]:
+    """The ``--lane-map`` values that make a distinct program for K = ``lanes``: 0 (plain vmap) and every
+    M < K dividing K."""
+    return [m for m in lane_maps if m == 0 or (m < lanes and lanes % m == 0)]
+
+
 def run_grid(args) -> list[dict]:
-    """Every (dtype, B, K) lanes point, then the single-model ceilings at each distinct K·B."""
+    """Per conv variant and dtype: every (B, K, lane map) lanes point, then the single-model ceilings at
+    each distinct K·B."""
     import jax
 
     rows = []
-    common_kw = dict(steps=args.steps, warmup=args.warmup, repeats=args.repeats)
-    for dtype in args.dtypes:
-        setup = make_setup(make_model(args.model, dtype), args.pool, args.image_size)
-        points = [("lanes", k, b) for b in args.batch for k in args.lanes]
-        if not args.no_ceiling:
-            points += [("single", None, kb) for kb in sorted({k * b for b in args.batch for k in args.lanes})]
-        for kind, k, b in points:
-            row = {"kind": kind, "dtype": dtype, "lanes": k or 1, "batch": b, "images_per_step": (k or 1) * b}
-            try:
-                row.update(status="ok", **bench_point(setup, lanes=k, batch=b, **common_kw))
-            except jax.errors.JaxRuntimeError as e:
-                if not _is_oom(e):
-                    raise
-                row.update(status="oom", error=str(e).splitlines()[0][:300])
-            print(f"{kind:6s} {dtype:8s} K={row['lanes']:<4d} B={b:<5d} "
-                  + (f"{row['img_per_s']:12,.0f} img/s  compile {row['compile_s']:.1f}s" if row["status"] == "ok"
-                     else "out of memory"), flush=True)
-            rows.append(row)
+    common_kw = dict(steps=args.steps, warmup=args.warmup, repeats=args.repeats, donate=not args.no_donate)
+    for conv in args.conv:
+        for dtype in args.dtypes:
+            setup = make_setup(make_model(args.model, dtype, conv), args.pool, args.image_size)
+            points = [("lanes", k, b, m) for b in args.batch for k in args.lanes
+                      for m in lane_maps_for(k, args.lane_map)]
+            if not args.no_ceiling:
+                points += [("single", None, kb, 0) for kb in sorted({k * b for b in args.batch for k in args.lanes})]
+            for kind, k, b, m in points:
+                row = {"kind": kind, "conv": conv, "dtype": dtype, "lanes": k or 1, "batch": b, "lane_map": m,
+                       "donate": not args.no_donate, "images_per_step": (k or 1) * b}
+                try:
+                    row.update(status="ok", **bench_point(setup, lanes=k, batch=b, lane_map=m, **common_kw))
+                except jax.errors.JaxRuntimeError as e:
+                    if not _is_oom(e):
+                        raise
+                    row.update(status="oom", error=str(e).splitlines()[0][:300])
+                print(f"{kind:6s} {conv:9s} {dtype:8s} K={row['lanes']:<4d} B={b:<5d} map={m:<3d} "
+                      + (f"{row['img_per_s']:12,.0f} img/s  compile {row['compile_s']:.1f}s" if row["status"] == "ok"
+                         else "out of memory"), flush=True)
+                rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """One Markdown row per lanes point, with the single model at the same images per step beside it."""
-    single = {(r["dtype"], r["images_per_step"]): r for r in rows if r["kind"] == "single"}
-    columns = ["dtype", "B per lane", "K lanes", "images/step", "img/s (K lanes)", "img/s (1 model, batch K·B)",
-               "lanes / single", "step ms", "compile s"]
+    """One Markdown row per lanes point, with the single model of the same conv variant at the same images
+    per step beside it, and the ratio to the best single model of any variant measured."""
+    ok = lambda r: r is not None and r["status"] == "ok"  # noqa: E731
+    single = {(r["conv"], r["dtype"], r["images_per_step"]): r for r in rows if r["kind"] == "single"}
+    best = {}
+    for r in rows:
+        key = (r["dtype"], r["images_per_step"])
+        if r["kind"] == "single" and ok(r) and r["img_per_s"] > best.get(key, 0.0):
+            best[key] = r["img_per_s"]
+    columns = ["conv", "dtype", "B per lane", "K lanes", "lane map", "images/step", "img/s (K lanes)",
+               "img/s (1 model, batch K·B)", "lanes / single", "lanes / best single", "step ms", "compile s"]
     out = []
     for r in rows:
         if r["kind"] != "lanes":
             continue
-        s = single.get((r["dtype"], r["images_per_step"]))
-        ok = r["status"] == "ok"
-        s_ips = s["img_per_s"] if s and s["status"] == "ok" else None
-        out.append([r["dtype"], r["batch"], r["lanes"], r["images_per_step"], r["img_per_s"] if ok else "OOM",
-                    s_ips if s else None, r["img_per_s"] / s_ips if ok and s_ips else None,
-                    r["step_ms"] if ok else None, r["compile_s"] if ok else None])
+        s = single.get((r["conv"], r["dtype"], r["images_per_step"]))
+        s_ips = s["img_per_s"] if ok(s) else None
+        b_ips = best.get((r["dtype"], r["images_per_step"]))
+        good = ok(r)
+        out.append([r["conv"], r["dtype"], r["batch"], r["lanes"], r["lane_map"] or "—", r["images_per_step"],
+                    r["img_per_s"] if good else "OOM", s_ips if s else None,
+                    r["img_per_s"] / s_ips if good and s_ips else None,
+                    r["img_per_s"] / b_ips if good and b_ips else None,
+                    r["step_ms"] if good else None, r["compile_s"] if good else None])
     return columns, out
 
 
@@ -243,19 +297,21 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = sorted({(r["dtype"], r["batch"]) for r in rows if r["kind"] == "lanes"})
-    for i, (dtype, b) in enumerate(series):
+    series = sorted({(r["conv"], r["dtype"], r["batch"], r["lane_map"]) for r in rows if r["kind"] == "lanes"})
+    for i, (conv, dtype, b, m) in enumerate(series):
         color = f"C{i % 10}"
-        pts = [r for r in rows if r["kind"] == "lanes" and r["dtype"] == dtype and r["batch"] == b
-               and r["status"] == "ok"]
+        pts = [r for r in rows if r["kind"] == "lanes" and (r["conv"], r["dtype"], r["batch"], r["lane_map"])
+               == (conv, dtype, b, m) and r["status"] == "ok"]
         ax.plot([r["lanes"] for r in pts], [r["img_per_s"] for r in pts], "o-", color=color,
-                label=f"{dtype} B={b}: K lanes")
-        ceiling = {r["images_per_step"]: r for r in rows if r["kind"] == "single" and r["dtype"] == dtype
-                   and r["status"] == "ok"}
+                label=f"{conv} {dtype} B={b}{f' map {m}' if m else ''}: K lanes")
+        if m:
+            continue  # the ceiling is drawn once per (conv, dtype, B), with the plain-vmap series
+        ceiling = {r["images_per_step"]: r for r in rows if r["kind"] == "single" and r["conv"] == conv
+                   and r["dtype"] == dtype and r["status"] == "ok"}
         cpts = [(r["lanes"], ceiling[r["images_per_step"]]["img_per_s"]) for r in pts
                 if r["images_per_step"] in ceiling]
         if cpts:
-            ax.plot(*zip(*cpts), "s--", color=color, alpha=0.6, label=f"{dtype}: 1 model, batch K·{b}")
+            ax.plot(*zip(*cpts), "s--", color=color, alpha=0.6, label=f"{conv} {dtype}: 1 model, batch K·{b}")
     ax.set(xscale="log", yscale="log", xlabel="lanes K (vmapped models)", ylabel="training img/s", title=title)
     lanes = sorted({r["lanes"] for r in rows if r["kind"] == "lanes"})
     ax.set_xticks(lanes, [str(k) for k in lanes])
@@ -282,10 +338,12 @@ def main(argv=None) -> dict:
         "config": {**vars(args), "optimizer": "torch_sgd(lr=1e-3, momentum=0.9, weight_decay=5e-4)"},
         "rows": rows,
     }
-    target = next((r for r in rows if r["kind"] == "lanes" and r["lanes"] == 64 and r["batch"] == 64
-                   and r["dtype"] == "bfloat16" and r["status"] == "ok"), None)
-    if target is not None and args.model == "resnet18" and args.image_size == 32:
-        result["target_64x64_bf16"] = {"img_per_s": target["img_per_s"], "target": 500_000,
+    hits = [r for r in rows if r["kind"] == "lanes" and r["lanes"] == 64 and r["batch"] == 64
+            and r["dtype"] == "bfloat16" and r["status"] == "ok"]
+    if hits and args.model == "resnet18" and args.image_size == 32:
+        target = max(hits, key=lambda r: r["img_per_s"])  # the best variant measured
+        result["target_64x64_bf16"] = {"img_per_s": target["img_per_s"], "conv": target["conv"],
+                                       "lane_map": target["lane_map"], "target": 500_000,
                                        "met": target["img_per_s"] >= 500_000}
     out = Path(args.out)
     columns, body = table(rows)

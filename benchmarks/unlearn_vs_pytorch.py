@@ -26,6 +26,12 @@ flagged ``extrapolated``. fp32 on both sides by default (torch's default cuDNN T
 default precision); ``--dtype bfloat16`` changes the JAX side only and is not apples to apples. A retain
 size that leaves a last batch of 1 is refused (torch's train-mode BatchNorm, and so the notebook, fails).
 
+JAX program variants, the same function each: ``--conv`` lowers the convolutions as XLA convolutions
+(``xla``, default), im2col + batched GEMMs (``gemm``) or GEMM blocks with an XLA stem (``gemm-body``)
+(:data:`common.CONV_SPECS`); ``--lane-map M`` computes the K lanes as ``lax.map`` over K/M groups of M
+vmapped lanes (:func:`common.vmap_lanes`). Nothing is donated here: every chunk reuses the start weights
+and the data, and its outputs are new buffers. The original model is trained with the default ``xla``.
+
 Usage (from the repository root)::
 
     python benchmarks/unlearn_vs_pytorch.py --runs 512 --procs 8 --lanes 64 --max-train 31111 \\
@@ -78,6 +84,10 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="data split seed and base seed of the runs")
     p.add_argument("--device", default="auto", help="torch device: auto, cuda, cpu (JAX follows: cpu forces CPU)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="JAX compute dtype")
+    p.add_argument("--conv", choices=tuple(common.CONV_SPECS), default="xla",
+                   help="how the JAX model lowers its convolutions (same function; see benchmarks/common.py)")
+    p.add_argument("--lane-map", type=int, default=0,
+                   help="JAX: lax.map over groups of this many vmapped lanes (0: plain vmap over all K)")
     p.add_argument("--acc-tol", type=float, default=0.01, help="accuracy agreement floor (absolute)")
     p.add_argument("--out", default="out/benchmarks/unlearn_vs_pytorch", help="output prefix (.json, .md)")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
@@ -91,6 +101,9 @@ def parse_args(argv):
         p.error(f"--backends must be a subset of {BACKENDS}, got {args.backends!r}")
     if min(args.runs, args.procs, args.lanes, args.eval_runs, args.eval_max) < 1:
         p.error("--runs, --procs, --lanes, --eval-runs and --eval-max must be >= 1")
+    if args.lane_map < 0 or (args.lane_map and min(args.lanes, args.runs) % args.lane_map):
+        p.error(f"--lane-map must be 0 or divide the lanes per chunk ({min(args.lanes, args.runs)}), "
+                f"got {args.lane_map}")
     if args.image_size != 32 and (args.data != "synthetic" or args.original_epochs):
         p.error("--image-size other than 32 needs --data synthetic and --original-epochs 0")
     args.backends = backends
@@ -247,7 +260,7 @@ def _jax_worker(args, work: Path) -> dict:
     from jax_unlearn.methods import build_method
 
     splits, (scale, mean, std) = _load(work)
-    ctx = Context(make_model(10, dtype=args.dtype), Normalization(scale, mean, std),
+    ctx = Context(make_model(10, dtype=args.dtype, **common.conv_spec(args.conv)), Normalization(scale, mean, std),
                   {s: len(splits[s][1]) for s in SPLITS})
     method = build_method("finetune", ctx, **RECIPE)  # the same hyper-parameters, by name
     run = make_run(ctx, method, RunConfig(track=False))
@@ -258,7 +271,7 @@ def _jax_worker(args, work: Path) -> dict:
     upload_s = elapsed()
     k = min(args.lanes, args.runs)
     n_chunks = -(-args.runs // k)
-    fn = jax.jit(jax.vmap(run, in_axes=(0, None, None)))
+    fn = jax.jit(common.vmap_lanes(run, (0, None, None), args.lane_map))
     compiled, compile_s = common.compile_jax(fn, seed_keys(args.seed, np.arange(k)), start_vars, data)
     evaluate = jax.jit(lambda v: {s: accuracy(ctx, v, *ev[s]) for s in ev})
     scores = lambda v: {s: float(a) for s, a in evaluate(v).items()}  # noqa: E731
@@ -274,7 +287,8 @@ def _jax_worker(args, work: Path) -> dict:
             accs[int(ids[lane])] = scores(jax.tree_util.tree_map(lambda a: a[lane], variables))
     # One process, chunks back to back: its wall time is the sum of the chunk times (evaluations excluded).
     return dict(ids=list(range(args.runs)), times=times, start=start, end=start + sum(times), compile_s=compile_s,
-                upload_s=upload_s, lanes=k, chunks=n_chunks, peak=common.jax_peak_bytes(),
+                upload_s=upload_s, lanes=k, chunks=n_chunks, conv=args.conv, lane_map=args.lane_map,
+                peak=common.jax_peak_bytes(),
                 memory_plan=common.compiled_memory(compiled), accs=accs, original_acc=scores(start_vars),
                 device=common.jax_device_info(), host_peak_rss=common.host_peak_rss_bytes())
 
@@ -300,6 +314,7 @@ def summarise(name: str, results: list[dict], runs: int, n_retain: int) -> dict:
     if name == "jax":
         r = results[0]
         out.update(compile_s=r["compile_s"], upload_s=r["upload_s"], lanes=r["lanes"], chunks=r["chunks"],
+                   conv=r["conv"], lane_map=r["lane_map"],
                    wall_for_R_incl_compile_s=out["wall_for_R_s"] + r["compile_s"], memory_plan=r["memory_plan"],
                    chunk_times_s=r["times"])
     else:  # eager PyTorch has nothing to compile; its warm-up run is reported, not added
@@ -323,7 +338,9 @@ def markdown_row(result: dict) -> tuple[list[str], list[list]]:
     cells = [("date", result["date"]), ("device", result["device"]), ("retain imgs", result["sizes"]["retain"]),
              ("R", c["runs"]), ("eager img/s", get("eager", "img_per_s")),
              (f"{c['procs']} procs img/s", get("procs", "img_per_s")),
-             (f"JAX {c['lanes']} lanes img/s", get("jax", "img_per_s")), ("JAX compile s", get("jax", "compile_s")),
+             (f"JAX {c['lanes']} lanes img/s", get("jax", "img_per_s")),
+             ("JAX program", f"{c['dtype']} {c['conv']}" + (f" map {c['lane_map']}" if c["lane_map"] else "")),
+             ("JAX compile s", get("jax", "compile_s")),
              ("wall R eager s", get("eager", "wall_for_R_s")), ("wall R procs s", get("procs", "wall_for_R_s")),
              ("wall R JAX s", get("jax", "wall_for_R_s")),
              ("wall R JAX s incl. compile", get("jax", "wall_for_R_incl_compile_s")),

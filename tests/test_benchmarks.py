@@ -84,24 +84,33 @@ def test_throughput_quick_writes_json_markdown_and_plot(tmp_path):
     assert len(row["timing"]["times_s"]) == 2
     assert on_disk["config"]["steps"] == 2 and on_disk["device_info"]["backend"] == "cpu"
     assert "target_64x64_bf16" not in on_disk
-    assert "| float32 | 8 | 2 | 16 |" in out.with_suffix(".md").read_text()
+    assert row["conv"] == "xla" and row["lane_map"] == 0 and row["donate"] is True
+    assert on_disk["config"]["conv"] == ["xla"] and on_disk["config"]["lane_map"] == [0]
+    assert "| xla | float32 | 8 | 2 | — | 16 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
 def test_throughput_table_and_plot_pair_lanes_with_the_single_model_ceiling(tmp_path):
+    x = dict(conv="xla", dtype="bfloat16", lane_map=0)
     rows = [
-        {"kind": "lanes", "dtype": "bfloat16", "lanes": 1, "batch": 64, "images_per_step": 64, "status": "ok",
+        {"kind": "lanes", **x, "lanes": 1, "batch": 64, "images_per_step": 64, "status": "ok",
          "img_per_s": 1000.0, "step_ms": 64.0, "compile_s": 1.0},
-        {"kind": "lanes", "dtype": "bfloat16", "lanes": 4, "batch": 64, "images_per_step": 256, "status": "ok",
+        {"kind": "lanes", **x, "lanes": 4, "batch": 64, "images_per_step": 256, "status": "ok",
          "img_per_s": 3000.0, "step_ms": 85.0, "compile_s": 2.0},
-        {"kind": "lanes", "dtype": "bfloat16", "lanes": 8, "batch": 64, "images_per_step": 512, "status": "oom"},
-        {"kind": "single", "dtype": "bfloat16", "lanes": 1, "batch": 256, "images_per_step": 256, "status": "ok",
+        {"kind": "lanes", **x, "lanes": 8, "batch": 64, "images_per_step": 512, "status": "oom"},
+        {"kind": "single", **x, "lanes": 1, "batch": 256, "images_per_step": 256, "status": "ok",
          "img_per_s": 4000.0, "step_ms": 64.0, "compile_s": 1.0},
+        {"kind": "lanes", **x, "conv": "gemm", "lane_map": 2, "lanes": 4, "batch": 64, "images_per_step": 256,
+         "status": "ok", "img_per_s": 6000.0, "step_ms": 40.0, "compile_s": 2.0},
+        {"kind": "single", **x, "conv": "gemm", "lanes": 1, "batch": 256, "images_per_step": 256, "status": "ok",
+         "img_per_s": 2000.0, "step_ms": 64.0, "compile_s": 1.0},
     ]
     columns, body = throughput.table(rows)
-    assert len(body) == 3 and len(columns) == len(body[0])
-    assert body[1][4:7] == [3000.0, 4000.0, 0.75]
-    assert body[2][4] == "OOM" and body[0][5] is None
+    assert len(body) == 4 and len(columns) == len(body[0])
+    assert body[1][6:10] == [3000.0, 4000.0, 0.75, 0.75]
+    assert body[2][6] == "OOM" and body[0][7] is None
+    # gemm lanes against gemm's own single model, and against the best single model of any variant (xla).
+    assert body[3][:5] == ["gemm", "bfloat16", 64, 4, 2] and body[3][6:10] == [6000.0, 2000.0, 3.0, 1.5]
     assert throughput.plot(rows, tmp_path / "p.png", "t").stat().st_size > 1000
 
 
@@ -118,3 +127,63 @@ def test_common_helpers_format_tables_and_write_numpy_json(tmp_path):
                                                                         "times": [3.0, 1.0, 2.0]}}
     assert common.versions()["jax"] is not None
     assert common.command_line("x.py", ["--a", "b c"]) == "python benchmarks/x.py --a 'b c'"
+
+
+def test_throughput_conv_variants_lane_map_and_no_donate_smoke(tmp_path):
+    out = tmp_path / "tp"
+    result = throughput.main(["--quick", "--model", "tiny", "--lanes", "2", "--no-ceiling", "--conv", "xla,gemm",
+                              "--lane-map", "0,1,4", "--no-donate", "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert rows == json.loads(json.dumps(result["rows"], default=common._json_default))
+    # lane map 4 does not divide K = 2: skipped; 0 (plain vmap) and 1 run for each conv variant.
+    assert [(r["conv"], r["lane_map"]) for r in rows] == [("xla", 0), ("xla", 1), ("gemm", 0), ("gemm", 1)]
+    for r in rows:
+        assert r["status"] == "ok" and r["donate"] is False and math.isfinite(r["img_per_s"]) and r["img_per_s"] > 0
+    assert result["config"]["conv"] == ["xla", "gemm"] and result["config"]["no_donate"] is True
+    assert "| gemm | float32 | 8 | 2 | 1 | 16 |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--conv", "xla,cudnn"])
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--lane-map", "-1"])
+    assert throughput.lane_maps_for(8, [0, 1, 3, 4, 8, 16]) == [0, 1, 4]
+
+
+def test_lane_map_program_trains_the_same_lanes_as_plain_vmap():
+    """``lax.map`` over groups of lanes is the same function as one vmap over all lanes (gemm convs)."""
+    import jax
+
+    setup = throughput.make_setup(throughput.make_model("tiny", "float32", "gemm"), pool=16, image_size=16)
+    outs = {}
+    for m in (0, 2):
+        fn, state, args = throughput.program(setup, lanes=4, batch=4, steps=2, lane_map=m)
+        outs[m] = jax.jit(fn)(state, *args)
+    leaves = [jax.tree_util.tree_leaves(outs[m]) for m in (0, 2)]
+    assert len(leaves[0]) == len(leaves[1])
+    for a, b in zip(*leaves):
+        assert a.shape == b.shape and a.shape[0] == 4
+        np.testing.assert_allclose(np.asarray(b, np.float64), np.asarray(a, np.float64), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple of lane_map=3"):
+        common.vmap_lanes(lambda a: a, (0,), 3)(np.zeros(4))
+
+
+def test_conv_spec_maps_names_to_make_model_keywords():
+    assert common.conv_spec("gemm-body") == {"conv_impl": "gemm", "stem_conv_impl": "xla"}
+    with pytest.raises(ValueError, match="unknown --conv"):
+        common.conv_spec("cudnn")
+    with pytest.raises(SystemExit):
+        uvp.parse_args(["--conv", "cudnn"])
+    with pytest.raises(SystemExit):
+        uvp.parse_args(["--lanes", "8", "--lane-map", "3"])
+
+
+def test_unlearn_vs_pytorch_jax_gemm_lane_mapped_trains_models_as_accurate_as_torch(tmp_path):
+    argv = [*TINY_UNLEARN, "--backends", "eager,jax", "--conv", "gemm", "--lane-map", "1", "--out", str(tmp_path / "u")]
+    result = uvp.main(argv)
+    jax_b = result["backends"]["jax"]
+    assert jax_b["conv"] == "gemm" and jax_b["lane_map"] == 1 and jax_b["runs_timed"] == 2
+    assert result["config"]["conv"] == "gemm" and set(result["backends"]) == {"eager", "jax"}
+    # Same recipe, same start, one step of lr 1e-3: the gemm-lowered JAX models score like torch's.
+    means = [b["accuracy"]["test"]["mean"] for b in result["backends"].values()]
+    assert max(means) - min(means) <= 1 / 16 + 1e-9
+    assert result["evaluators_max_abs_diff"] <= 1 / 16 + 1e-9
+    assert "float32 gemm map 1" in (tmp_path / "u.md").read_text()

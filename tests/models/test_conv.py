@@ -280,3 +280,23 @@ def test_vmapped_gemm_program_has_no_grouped_convolution_while_xla_has():
     # With the stem kept on XLA, the only convolutions left are the stem's (7×7 window), still lane-grouped.
     stem = _convolutions(texts["gemm, xla stem"])
     assert stem and all(g == 3 for g in groups["gemm, xla stem"]) and len(stem) < len(_convolutions(texts["xla"]))
+
+
+# ------------------------------------------------------------------------ GPU (skipped without one)
+
+
+@pytest.mark.gpu
+def test_resnet18_gemm_equals_xla_on_gpu_at_highest_precision():
+    """On a GPU, fp32 convs and dots may run in TF32 at default precision, differently for cuDNN and
+    cuBLAS; at 'highest' both are true fp32, and the two lowerings must agree as on CPU."""
+    with jax.default_matmul_precision("highest"):
+        test_resnet18_gemm_equals_xla_forward_and_sgd_step_float32()
+
+
+@pytest.mark.gpu
+def test_compiled_gpu_program_of_vmapped_gemm_has_no_convolution():
+    """After XLA's GPU passes (not just in the lowered StableHLO): no convolution, no cuDNN conv call."""
+    variables, x, y = _lanes(12)
+    compiled = jax.jit(jax.vmap(_lane_step(ResNet(**TINY, conv_impl="gemm")))).lower(variables, x, y).compile()
+    text = compiled.as_text()
+    assert "convolution" not in text and "cudnn$conv" not in text
