@@ -64,6 +64,8 @@ def _axis_taps(size: int, k: int, stride: int, pad: tuple[int, int]):
         raise ValueError(f"conv window {k} (stride {stride}, padding {pad}) does not fit an axis of {size}")
     # Tap t reads input positions t - lo + stride * o, o = 0 .. out - 1.
     taps = [t for t in range(k) if any(0 <= t - lo + stride * o < size for o in range(out))]
+    if not taps:  # every window lies in the padding
+        return out, taps, (0, 0)
     first = min(t - lo for t in taps)
     last = max(t - lo + stride * (out - 1) for t in taps)
     return out, taps, (max(0, -first), max(0, last - (size - 1)))
@@ -94,6 +96,8 @@ def conv_gemm(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding, 
     pad_h, pad_w = _pads(padding, (kh, kw), (sh, sw), (h, w))
     ho, taps_h, (ph_lo, ph_hi) = _axis_taps(h, kh, sh, pad_h)
     wo, taps_w, (pw_lo, pw_hi) = _axis_taps(w, kw, sw, pad_w)
+    if not taps_h or not taps_w:  # the output reads padding only: exactly zero (and so are both gradients)
+        return jnp.zeros((n, ho, wo, cout), jnp.result_type(x, kernel))
     if ph_lo or ph_hi or pw_lo or pw_hi:
         x = jnp.pad(x, ((0, 0), (ph_lo, ph_hi), (pw_lo, pw_hi), (0, 0)))
     # Tap t's first read, in the coordinates of the (partially) padded x.

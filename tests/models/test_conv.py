@@ -29,6 +29,7 @@ SHAPES = {
     "3x3/2 SAME 7x7": (7, 3, 4, 3, 2, "SAME"),
     "3x3 no padding": (4, 3, 4, 3, 1, "VALID"),
     "asymmetric padding": (5, 3, 4, 3, 2, ((0, 2), (2, 1))),
+    "1x1/2 padding only": (1, 2, 3, 1, 2, ((1, 1), (1, 1))),  # every output reads zero padding
 }
 TINY = dict(stage_sizes=(1, 1, 1, 1), num_classes=4, width=4)  # ResNet-18's maps at 32×32: 16, 8, 4, 2, 1
 
