@@ -30,14 +30,19 @@ class Normalization:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
-    def apply(self, images):
-        """uint8 (..., 32, 32, 3) -> float32 of the same shape. Works on NumPy and JAX arrays."""
+    def apply(self, images, dtype=np.float32):
+        """uint8 (..., 32, 32, 3) -> ``dtype`` (float32 unless a float64 model asks for float64) of the same
+        shape. Works on NumPy and JAX arrays.
+
+        Float64 models get float64 inputs so that a float64 run has no float32 rounding anywhere (that
+        rounding depends on how XLA fuses the program, e.g. FMA contraction, so it differs between a
+        vmapped and a single-seed compilation)."""
         xp = np if isinstance(images, np.ndarray) else _jnp()
-        x = images.astype(xp.float32)
+        x = images.astype(dtype)
         if self.scale != 1.0:
-            x = x * xp.float32(self.scale)
-        mean = xp.asarray(self.mean, xp.float32)
-        std = xp.asarray(self.std, xp.float32)
+            x = x * xp.asarray(self.scale, dtype)
+        mean = xp.asarray(self.mean, dtype)
+        std = xp.asarray(self.std, dtype)
         return (x - mean) / std
 
     def to_dict(self) -> dict[str, Any]:

@@ -54,6 +54,11 @@ def variables_of(state: TrainState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def normalize(ctx: Context, images):
+    """uint8 images -> the model's normalised float inputs: float32, or float64 for a float64 model."""
+    return ctx.normalization.apply(images, jnp.promote_types(ctx.model.dtype, jnp.float32))
+
+
 def apply_train(ctx: Context, params, batch_stats, x, mask):
     """Train-mode logits (B, C) and the updated batch_stats for already *normalised* float inputs ``x``
     (B, 32, 32, 3) — e.g. learned noise images; masked rows touch no statistic."""
@@ -69,12 +74,12 @@ def apply_eval(ctx: Context, variables: Variables, x):
 
 def forward_train(ctx: Context, params, batch_stats, images, mask):
     """Train-mode logits (B, C) and the updated batch_stats from uint8 images; masked rows touch no statistic."""
-    return apply_train(ctx, params, batch_stats, ctx.normalization.apply(images), mask)
+    return apply_train(ctx, params, batch_stats, normalize(ctx, images), mask)
 
 
 def forward_eval(ctx: Context, variables: Variables, images):
     """Eval-mode logits (B, C) float32 from uint8 images (B, 32, 32, 3)."""
-    return apply_eval(ctx, variables, ctx.normalization.apply(images))
+    return apply_eval(ctx, variables, normalize(ctx, images))
 
 
 def teacher_logits(ctx: Context, teacher: Variables, images):

@@ -17,8 +17,8 @@ import optax
 
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import torch_adam
-from jax_unlearn.engine.train import (Context, TrainState, apply_eval, create_state, predict, supervised_step,
-                                      variables_of)
+from jax_unlearn.engine.train import (Context, TrainState, apply_eval, create_state, normalize, predict,
+                                      supervised_step, variables_of)
 from jax_unlearn.methods.base import Method, register
 from jax_unlearn.methods.distill import bad_teacher_pass, retain_subset, run_pool, subset_size, valid_first
 
@@ -82,7 +82,7 @@ def pool_step(ctx: Context, step, data, noise):
         is_noise = p >= n_r
         r, q = jnp.where(is_noise, 0, p), jnp.maximum(p - n_r, 0)
         cls, i = q % num_classes, q // num_classes % noise_images
-        x = jnp.where(is_noise[:, None, None, None], noise[cls, i], ctx.normalization.apply(images[r]))
+        x = jnp.where(is_noise[:, None, None, None], noise[cls, i], normalize(ctx, images[r]))
         return step(state, x, jnp.where(is_noise, cls, labels[r]), mask)
 
     return fetch_step

@@ -20,8 +20,11 @@ def _cast(tree, dtype):
 
 
 # float32 to the 1e-5; the CIFAR stem's 32x32x64 BN reductions accumulate more float32 rounding,
-# so its float32 bound is 5e-4 (measured 2.7e-4 on conv1) and float64 (below) shows both are the same function to 1e-10.
-@pytest.mark.parametrize("stem,dtype,tol", [("imagenet", "float32", 1e-5), ("cifar", "float32", 5e-4),
+# so its float32 bound is 1e-3, and float64 (below) shows both are the same function to 1e-10. Measured
+# against torch float64 (the exact step): on the 2026-11-25 CI machine 2.7e-4 (conv1); on 2026-12-01
+# (AMD EPYC) torch float32 is 2.0e-4 away — torch's CPU BN kernels accumulate in double — and XLA's
+# float32 6.6e-4 (layer4.1.conv2, the same with conv_impl='gemm', so it is the float32 BN/pooling sums).
+@pytest.mark.parametrize("stem,dtype,tol", [("imagenet", "float32", 1e-5), ("cifar", "float32", 1e-3),
                                             ("imagenet", "float64", 1e-10), ("cifar", "float64", 1e-10)])
 def test_train_forward_and_sgd_step_match_torch(stem, dtype, tol):
     if dtype == "float64":
