@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+# --conv values: the library's table, shared with the CLI (importing it initialises no device).
+from jax_unlearn.jobs import CONV_LOWERINGS, conv_spec  # noqa: F401  (re-exported for the scripts)
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "torchvision")
 
@@ -94,23 +97,6 @@ def compiled_memory(compiled) -> dict[str, int] | None:
 
 
 # ------------------------------------------------------------------------ model variants, lane programs
-
-# --conv values: how the ResNet's convolutions are lowered (jax_unlearn.models.conv), as
-# (conv_impl, stem_conv_impl) for jax_unlearn.jobs.make_model. All three are the same function.
-CONV_SPECS = {
-    "xla": ("xla", None),        # lax.conv_general_dilated everywhere (default; grouped convs under vmap)
-    "gemm": ("gemm", None),      # im2col + GEMM everywhere: no convolution op in the vmapped program
-    "gemm-body": ("gemm", "xla"),  # GEMM for the blocks, XLA's conv for the 7×7 stem (no input gradient)
-}
-
-
-def conv_spec(name: str) -> dict[str, str | None]:
-    """``make_model`` keywords for a ``--conv`` value (see :data:`CONV_SPECS`); ValueError if unknown."""
-    if name not in CONV_SPECS:
-        raise ValueError(f"unknown --conv {name!r}; valid: {', '.join(CONV_SPECS)}")
-    conv_impl, stem_conv_impl = CONV_SPECS[name]
-    return {"conv_impl": conv_impl, "stem_conv_impl": stem_conv_impl}
-
 
 def vmap_lanes(fn: Callable, in_axes: Sequence[int | None], lane_map: int = 0) -> Callable:
     """``jax.vmap(fn, in_axes)`` over a leading lane axis, or, with ``lane_map = M > 0``, ``lax.map`` over

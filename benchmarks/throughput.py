@@ -15,7 +15,7 @@ model — the most the device gives this network, and what K lanes should approa
 
 Variants, each the same function (so every row trains the same models; only the program differs):
 
-- ``--conv``: how convolutions are lowered (:data:`common.CONV_SPECS`, :mod:`jax_unlearn.models.conv`):
+- ``--conv``: how convolutions are lowered (:data:`common.CONV_LOWERINGS`, :mod:`jax_unlearn.models.conv`):
   ``xla`` (XLA's convolution; under vmap a grouped convolution per conv), ``gemm`` (im2col + batched GEMM,
   no convolution op at all), ``gemm-body`` (GEMM blocks, XLA stem). A list measures each in one run; the
   ceiling is measured per variant and the table also divides by the best single model of any variant.
@@ -68,7 +68,7 @@ def parse_args(argv):
                    help="tiny: ResNet(stage_sizes=(1, 1), width=8), for smoke tests only")
     p.add_argument("--no-ceiling", action="store_true", help="skip the single-model batch K·B points")
     p.add_argument("--conv", default="xla", help=f"conv lowerings to measure (comma-separated): "
-                   f"{', '.join(common.CONV_SPECS)}")
+                   f"{', '.join(common.CONV_LOWERINGS)}")
     p.add_argument("--lane-map", default="0", help="lanes per lax.map group (comma-separated); 0: plain vmap")
     p.add_argument("--no-donate", action="store_true", help="do not donate the train state to the step")
     p.add_argument("--quick", action="store_true", help=f"tiny grid for CPU smoke tests: {QUICK}")
@@ -83,8 +83,8 @@ def parse_args(argv):
     except argparse.ArgumentTypeError as e:
         p.error(str(e))
     args.conv = [c for c in args.conv.split(",") if c]
-    if not args.conv or any(c not in common.CONV_SPECS for c in args.conv):
-        p.error(f"--conv must be a subset of {list(common.CONV_SPECS)}, got {args.conv}")
+    if not args.conv or any(c not in common.CONV_LOWERINGS for c in args.conv):
+        p.error(f"--conv must be a subset of {list(common.CONV_LOWERINGS)}, got {args.conv}")
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     if any(d not in ("float32", "bfloat16") for d in args.dtypes):
         p.error(f"--dtypes must be float32 and/or bfloat16, got {args.dtypes}")

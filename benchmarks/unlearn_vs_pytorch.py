@@ -28,7 +28,7 @@ size that leaves a last batch of 1 is refused (torch's train-mode BatchNorm, and
 
 JAX program variants, the same function each: ``--conv`` lowers the convolutions as XLA convolutions
 (``xla``, default), im2col + batched GEMMs (``gemm``) or GEMM blocks with an XLA stem (``gemm-body``)
-(:data:`common.CONV_SPECS`); ``--lane-map M`` computes the K lanes as ``lax.map`` over K/M groups of M
+(:data:`common.CONV_LOWERINGS`); ``--lane-map M`` computes the K lanes as ``lax.map`` over K/M groups of M
 vmapped lanes (:func:`common.vmap_lanes`). Nothing is donated here: every chunk reuses the start weights
 and the data, and its outputs are new buffers. The original model is trained with the default ``xla``.
 
@@ -84,7 +84,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="data split seed and base seed of the runs")
     p.add_argument("--device", default="auto", help="torch device: auto, cuda, cpu (JAX follows: cpu forces CPU)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="JAX compute dtype")
-    p.add_argument("--conv", choices=tuple(common.CONV_SPECS), default="xla",
+    p.add_argument("--conv", choices=tuple(common.CONV_LOWERINGS), default="xla",
                    help="how the JAX model lowers its convolutions (same function; see benchmarks/common.py)")
     p.add_argument("--lane-map", type=int, default=0,
                    help="JAX: lax.map over groups of this many vmapped lanes (0: plain vmap over all K)")

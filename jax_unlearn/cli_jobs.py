@@ -87,6 +87,19 @@ def _set_arg(p: argparse.ArgumentParser, help: str) -> None:
 
 def _dtype_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    from jax_unlearn.jobs import CONV_LOWERINGS
+
+    p.add_argument("--conv", choices=tuple(CONV_LOWERINGS), default="xla",
+                   help="how convolutions are lowered (the same function and weights either way): XLA's "
+                        "convolution, im2col + GEMM everywhere, or im2col + GEMM except the stem")
+
+
+def _model(args, num_classes: int):
+    """The ResNet-18 of ``--dtype`` / ``--conv``. The lowering is not part of a run's config: a folder
+    started with one lowering resumes with another (same function, same variables)."""
+    from jax_unlearn.jobs import conv_spec, make_model
+
+    return make_model(num_classes, dtype=args.dtype, **conv_spec(args.conv))
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -137,6 +150,15 @@ def _methods(args) -> int:
             print(f"| `{name}` | {info.summary} | {defaults} | {info.reference} |")
         else:
             print(f"{name:24s} {info.summary}\n{'':24s} defaults: {defaults}\n{'':24s} reference: {info.reference}")
+    # SISA yields an ensemble of shard models, not one model per seed: its own job, listed here too.
+    from jax_unlearn.methods import sisa
+
+    defaults = ", ".join(f"{k}={v}" for k, v in sisa.DEFAULTS.items())
+    summary = f"{sisa.SUMMARY} (an ensemble: run it with `jax-unlearn sisa`)"
+    if args.markdown:
+        print(f"| `sisa` | {summary} | {defaults} | {sisa.REFERENCE} |")
+    else:
+        print(f"{'sisa':24s} {summary}\n{'':24s} defaults: {defaults}\n{'':24s} reference: {sisa.REFERENCE}")
     return 0
 
 
@@ -182,7 +204,7 @@ def _unlearn(args) -> int:
     folder = run_population(args.out, args.method, data, start_variables=start, n_seeds=args.n_seeds,
                             base_seed=args.base_seed, chunk_size=args.chunk_size, hyper=_hyper(args.set),
                             run_config=_run_config(args), dtype=args.dtype,
-                            extra_config={"original": str(args.original)})
+                            model=_model(args, data.num_classes), extra_config={"original": str(args.original)})
     print(f"wrote {folder.path} ({args.n_seeds} seeds); metrics in {folder.path / 'metrics.csv'}")
     return 0
 
@@ -195,7 +217,7 @@ def _retrain(args) -> int:
     data = load_data(args)
     folder = run_population(args.out, "retrain", data, n_seeds=args.n_seeds, base_seed=args.base_seed,
                             chunk_size=args.chunk_size, hyper=_hyper(args.set), run_config=_run_config(args),
-                            dtype=args.dtype)
+                            dtype=args.dtype, model=_model(args, data.num_classes))
     print(f"wrote {folder.path} ({args.n_seeds} retrained models)")
     return 0
 
@@ -315,8 +337,9 @@ def _sisa(args) -> int:
 
     if args.shards < 2:  # fail before loading data
         check_shards(args.shards, args.shards)
-    report = run_sisa(args.out, load_data(args), num_shards=args.shards, seed=args.seed, hyper=_hyper(args.set),
-                      dtype=args.dtype, log=print)
+    data = load_data(args)
+    report = run_sisa(args.out, data, num_shards=args.shards, seed=args.seed, hyper=_hyper(args.set),
+                      dtype=args.dtype, model=_model(args, data.num_classes), log=print)
     print(format_sisa(report))
     print(f"wrote {args.out}")
     return 0

@@ -24,6 +24,23 @@ from jax_unlearn.runs import RunFolder
 from jax_unlearn.sweep import plan_sweep, split_hyper
 
 
+# How the ResNet's convolutions are lowered (jax_unlearn.models.conv) — the CLI's and the benchmarks'
+# ``--conv`` values, as (conv_impl, stem_conv_impl) for :func:`make_model`. All three are the same function.
+CONV_LOWERINGS = {
+    "xla": ("xla", None),          # lax.conv_general_dilated everywhere (default; grouped convs under vmap)
+    "gemm": ("gemm", None),        # im2col + GEMM everywhere: no convolution op in the vmapped program
+    "gemm-body": ("gemm", "xla"),  # GEMM for the blocks, XLA's conv for the 7×7 stem (no input gradient)
+}
+
+
+def conv_spec(name: str) -> dict[str, str | None]:
+    """:func:`make_model` keywords for a ``--conv`` value (see :data:`CONV_LOWERINGS`); ValueError if unknown."""
+    if name not in CONV_LOWERINGS:
+        raise ValueError(f"unknown --conv {name!r}; valid: {', '.join(CONV_LOWERINGS)}")
+    conv_impl, stem_conv_impl = CONV_LOWERINGS[name]
+    return {"conv_impl": conv_impl, "stem_conv_impl": stem_conv_impl}
+
+
 def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32", *, conv_impl: str = "xla",
                stem_conv_impl: str | None = None):
     """The ResNet-18 every job uses; ``dtype`` the compute dtype (``float32`` or ``bfloat16``).

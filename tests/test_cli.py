@@ -46,11 +46,31 @@ def test_convert_errors_are_reported_and_write_nothing(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "x.msgpack")]) == 2
 
 
-def test_methods_lists_the_registry(capsys):
-    assert main(["methods"]) == 0
+ISSUE_METHODS = ("finetune", "finetune-kit", "retrain", "l1-sparse", "neggrad+", "random-label", "salun",
+                 "bad-teacher", "unsir", "scrub", "ssd", "noise-student-curriculum", "fanchuan", "kookmin", "seif",
+                 "sebastian", "toshi-conv-transpose", "amnesiacs", "sun", "sisa")
+
+
+@pytest.mark.parametrize("markdown", [False, True])
+def test_methods_lists_every_method_of_the_library(capsys, markdown):
+    assert main(["methods"] + (["--markdown"] if markdown else [])) == 0
     out = capsys.readouterr().out
-    for name in ("finetune", "finetune-kit", "retrain"):
-        assert name in out
+    listed = [line.split("|")[1].strip().strip("`") for line in out.splitlines()[2:]] if markdown else [
+        line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")]
+    assert sorted(listed) == sorted(ISSUE_METHODS)
+
+
+@pytest.mark.parametrize("conv", ["xla", "gemm", "gemm-body"])
+def test_conv_flag_picks_the_lowering(conv):
+    from jax_unlearn.cli_jobs import _dtype_arg, _model
+
+    p = argparse.ArgumentParser()
+    _dtype_arg(p)
+    model = _model(p.parse_args(["--conv", conv, "--dtype", "bfloat16"]), 10)
+    assert (model.conv_impl, model.stem_conv_impl, model.dtype) == {
+        "xla": ("xla", None), "gemm": ("gemm", None), "gemm-body": ("gemm", "xla")}[conv] + (jnp.bfloat16,)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--conv", "winograd"])
 
 
 def test_nonsense_values_fail_clearly(tmp_path, capsys):

@@ -58,6 +58,8 @@ from jax_unlearn.engine.train import Context, DeviceData, create_state, predict,
 from jax_unlearn.models import init_variables
 from jax_unlearn.methods.finetune import inverse_count_weights
 
+SUMMARY = "SISA: S shard models from scratch, softmax-averaged; unlearning retrains only the shards that held forget data"
+REFERENCE = "Bourtoule et al., IEEE S&P 2021, 'Machine Unlearning' / cleverhans-lab/machine-unlearning"
 DEFAULTS = dict(num_shards=5, epochs=20, batch_size=16, optimizer="sgd", lr=1e-3, momentum=0.0,
                 weight_decay=0.0)  # cleverhans-lab/machine-unlearning sisa.py / paper defaults
 
