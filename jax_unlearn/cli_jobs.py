@@ -107,11 +107,16 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def select_device(device: str) -> str:
-    """Pin JAX to ``cpu``/``gpu`` (before any computation) or keep its default; returns the platform."""
+    """Pin JAX to ``cpu``/``gpu`` (before any computation) or keep its default, and join a multi-host job
+    when the environment describes one (:func:`~jax_unlearn.engine.run.init_distributed`: every process
+    runs the same command; lanes shard over all hosts' devices). Returns the platform."""
     import jax
+
+    from jax_unlearn.engine.run import init_distributed
 
     if device != "auto":
         jax.config.update("jax_platforms", "cuda" if device == "gpu" else "cpu")
+    init_distributed()
     try:
         return jax.devices()[0].platform
     except RuntimeError as e:

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from jax_unlearn.data.types import UnlearningData
-from jax_unlearn.engine.run import RunConfig, context_for, default_chunk_size, device_data, make_run, run_seeds
+from jax_unlearn.engine.run import (RunConfig, context_for, default_chunk_size, device_data, is_primary, make_run,
+                                    primary_answer, run_seeds, sync_processes)
 from jax_unlearn.methods import build_method, get_method
 from jax_unlearn.methods.finetune import original
 from jax_unlearn.models import ResNet18
@@ -100,8 +101,13 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     if plan is not None:
         config["sweep"] = {"seeds_per_setting": seeds_per_setting,
                            "lane_hyper": {k: v.tolist() for k, v in plan.lane_hyper.items()}}
+    # Multi-process jobs (init_distributed; the folder on a file system all hosts share, as orbax needs):
+    # process 0 writes config, data description and metrics.csv; every process takes part in orbax's
+    # (collective) chunk saves and restores, and all follow process 0's resume plan.
     folder = RunFolder(out)
-    folder.start(config, {**data.description, "sizes": data.sizes()})
+    if is_primary():
+        folder.start(config, {**data.description, "sizes": data.sizes()})
+    sync_processes(f"jax-unlearn start {folder.path}")
     run = make_run(ctx, m if plan is None else plan.build, run_config)
 
     def save(c, ids, outputs):
@@ -110,8 +116,9 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
                                    **({"snapshots": snaps[0]} if snaps else {})})
 
     run_seeds(run, n_seeds, base_seed, start_variables, device_data(data), chunk_size=chunk_size,
-              on_chunk=save, done=folder.chunk_done, images_per_seed=ctx.size("retain") * m.num_epochs,
-              progress=progress, desc=method, hyper=None if plan is None else plan.lane_hyper)
+              on_chunk=save, done=primary_answer(folder.chunk_done),
+              images_per_seed=ctx.size("retain") * m.num_epochs, progress=progress, desc=method,
+              hyper=None if plan is None else plan.lane_hyper)
     folder.write_metrics()
     return folder
 

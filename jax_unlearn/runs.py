@@ -130,7 +130,10 @@ class RunFolder:
 
     # -- metrics --------------------------------------------------------------------------------------
     def write_metrics(self) -> pd.DataFrame:
-        """Gather every chunk's per-epoch metrics into ``metrics.csv`` (one row per seed and epoch)."""
+        """Gather every chunk's per-epoch metrics into ``metrics.csv`` (one row per seed and epoch).
+
+        In a multi-process job every process calls it (orbax's multi-host restores are collective) and
+        process 0 writes the file."""
         frames = []
         for c in self.chunks():
             chunk = self.load_chunk(c)
@@ -140,7 +143,8 @@ class RunFolder:
                 epochs = len(next(iter(cols.values())))
                 frames.append(pd.DataFrame({"seed": int(seed), "epoch": np.arange(1, epochs + 1), **cols}))
         df = pd.concat(frames, ignore_index=True)
-        atomic_write(self.path / "metrics.csv", lambda tmp: df.to_csv(tmp, index=False))
+        if jax.process_index() == 0:
+            atomic_write(self.path / "metrics.csv", lambda tmp: df.to_csv(tmp, index=False))
         return df
 
 

@@ -6,8 +6,8 @@ JAX is imported. There, the same sweep (per-lane lr) runs over all four devices 
 each compiled as 4 lanes, one per device, the fourth a padding lane — and over one device with a single
 chunk of 6, and the models are compared in float64, where both compute the same function (in float32
 the per-device programs sum in another order than the 6-lane one: measured 1.1e-6 max relative error per
-tensor, the effect seen for vmapped vs single seed in test_run.py). Multi-host runs use the same code after
-``jax.distributed.initialize``; there is no second host to test that here.
+tensor, the effect seen for vmapped vs single seed in test_run.py). Multi-process runs (the same code after
+``jax.distributed.initialize``) are tested in test_multihost.py with two processes over loopback.
 """
 import json
 import os
