@@ -141,3 +141,46 @@ def test_list_valued_hyper_runs_a_sweep_in_one_population(tmp_path, tiny_data, t
     move = [float(np.abs(np.asarray(models[i]["params"]["fc"]["kernel"]) - start["params"]["fc"]["kernel"]).max())
             for i in (small, big)]
     assert move[1] > 2 * move[0]  # the lane with 20x the learning rate moved further
+
+
+def test_512_seeds_run_on_cpu_in_chunks(tmp_path, tiny_data, tiny_model, start):
+    """The competition's N = 512 population on CPU (small data): 4 chunks of 128 lanes, one compilation."""
+    folder = run_population(tmp_path / "n512", "finetune", tiny_data, start_variables=start, n_seeds=512,
+                            chunk_size=128, hyper={"epochs": 1, "batch_size": 16}, model=tiny_model,
+                            run_config=RunConfig(track=False), progress=False)
+    assert folder.chunks() == [0, 1, 2, 3]
+    kernels = {seed: np.asarray(v["params"]["fc"]["kernel"]) for seed, v in folder.iter_models()}
+    assert sorted(kernels) == list(range(512))
+    assert len({k.tobytes() for k in kernels.values()}) == 512  # every seed its own order, its own model
+    assert len(pd.read_csv(folder.path / "metrics.csv")) == 512
+
+
+class _FakeGpu:
+    platform = "gpu"
+
+    def __init__(self, limit, in_use):
+        self._stats = {"bytes_limit": limit, "bytes_in_use": in_use}
+
+    def memory_stats(self):
+        return self._stats
+
+
+@pytest.mark.parametrize("limit_gib,in_use_gib,n_devices,n_seeds,want", [
+    (80, 0, 1, 512, 68),   # half of 80 GiB free / 600 MiB a lane
+    (80, 40, 1, 512, 34),  # what is already allocated is not free
+    (80, 0, 4, 512, 272),  # per device, times the devices
+    (80, 0, 1, 16, 16),    # never more than the seeds
+    (1, 0, 1, 512, 1),     # at least one lane
+])
+def test_default_chunk_size_from_free_device_memory(monkeypatch, limit_gib, in_use_gib, n_devices, n_seeds, want):
+    import jax_unlearn.engine.run as engine
+
+    devices = [_FakeGpu(limit_gib * 2**30, in_use_gib * 2**30) for _ in range(n_devices)]
+    monkeypatch.setattr(engine.jax, "devices", lambda: devices)
+    assert engine.default_chunk_size(n_seeds) == want
+
+
+def test_default_chunk_size_on_cpu_is_eight():
+    from jax_unlearn.engine.run import default_chunk_size
+
+    assert default_chunk_size(512) == 8 and default_chunk_size(3) == 3
