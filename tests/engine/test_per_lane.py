@@ -10,6 +10,7 @@ from jax_unlearn.methods import build_method
 from jax_unlearn.metrics.competition import final_score, forgetting_quality
 from jax_unlearn.models import init_variables
 from jax_unlearn.sweep import best_setting, expand_grid, plan_sweep, repeat_settings, split_hyper
+from trees import lane, max_rel  # tests/ is on sys.path (tests/conftest.py)
 
 BASE = {"batch_size": 32, "lr": 0.05}
 # XLA's CPU compile time dominates; unoptimised code is fine for a tiny model. run_seeds compiles with the
@@ -30,14 +31,6 @@ def _vmapped(run, keys, start, data, hyper=None):
     return jax.jit(jax.vmap(run, in_axes=(0, None, None, 0)), compiler_options=FAST)(keys, start, data, hyper)
 
 
-def _lane(tree, i):
-    return jax.tree_util.tree_map(lambda a: np.asarray(a[i]), tree)
-
-
-def _max_rel(a, b):
-    errs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y)) / max(np.max(np.abs(y)), 1e-12)), a, b))
-    return max(errs)
 
 
 def _plain(setup, keys, **hyper):
@@ -70,17 +63,17 @@ def test_lr_sweep_lanes_equal_single_setting_runs(setup, one_epoch):
     lanes = {}
     for ids, (variables, metrics) in chunks.values():
         for j, i in enumerate(ids):
-            lanes[int(i)] = _lane(variables, j)
+            lanes[int(i)] = lane(variables, j)
     assert sorted(lanes) == [0, 1, 2, 3]
     other = _plain(setup, seed_keys(0, [2, 3]), epochs=1, batch_size=32, lr=0.1)
     for i, (ref, j) in enumerate([(one_epoch[0], 0), (one_epoch[0], 1), (other[0], 0), (other[0], 1)]):
-        assert _max_rel(lanes[i], _lane(ref, j)) <= 1e-5, i  # vmap width differs: float32 summation order
+        assert max_rel(lanes[i], lane(ref, j)) <= 1e-5, i  # vmap width differs: float32 summation order
     assert not np.allclose(lanes[0]["params"]["fc"]["kernel"], lanes[1]["params"]["fc"]["kernel"])  # seeds differ
 
 
 def test_lane_epochs_mask_the_later_epochs(one_epoch, masked):
     variables, metrics = masked
-    assert _max_rel(_lane(variables, 1), _lane(one_epoch[0], 1)) <= 1e-6  # epochs=1 in a max-2 program
+    assert max_rel(lane(variables, 1), lane(one_epoch[0], 1)) <= 1e-6  # epochs=1 in a max-2 program
     loss = np.asarray(metrics["loss"])
     assert np.isfinite(loss[0]).all() and np.isfinite(loss[1, 0]) and np.isnan(loss[1, 1])
     np.testing.assert_allclose(loss[1, 0], one_epoch[1]["loss"][1, 0], rtol=1e-6)
@@ -92,7 +85,7 @@ def test_lane_schedule_follows_each_lanes_epochs(setup, masked):
     plan = plan_sweep("finetune", ctx, {"epochs": [2, 3], **BASE}, 1)
     variables, metrics = _vmapped(make_run(ctx, plan.build, NO_TRACK), seed_keys(0, [0, 1]), start, data,
                                   plan.lane_hyper)
-    assert _max_rel(_lane(variables, 0), _lane(masked[0], 0)) <= 1e-6  # masked lane 0: plain 2 epochs
+    assert max_rel(lane(variables, 0), lane(masked[0], 0)) <= 1e-6  # masked lane 0: plain 2 epochs
     assert np.isnan(metrics["loss"][0, 2]) and np.isfinite(metrics["loss"][1]).all()
 
 

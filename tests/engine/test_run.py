@@ -12,6 +12,7 @@ from jax_unlearn.jobs import run_population
 from jax_unlearn.methods import build_method
 from jax_unlearn.models import init_variables
 from jax_unlearn.runs import RunFolder, RunFolderError, export_pth
+from trees import max_rel  # tests/ is on sys.path (tests/conftest.py)
 
 HYPER = {"epochs": 2, "batch_size": 16, "lr": 0.05}
 
@@ -20,11 +21,6 @@ HYPER = {"epochs": 2, "batch_size": 16, "lr": 0.05}
 def start(tiny_model):
     return init_variables(tiny_model, jax.random.key(42))
 
-
-def _max_rel(a, b):
-    errs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y)) / max(np.max(np.abs(y)), 1e-12)), a, b))
-    return max(errs)
 
 
 # float32: vmapped convs are grouped convs, summed in another order (measured 1.3e-6 after 6 steps);
@@ -46,7 +42,7 @@ def _check_vmap_equals_single(tiny_data, tiny_model, start, tol):
     for i in range(3):
         one_vars, one_metrics = single(keys[i], start, data)
         lane = jax.tree_util.tree_map(lambda a: np.asarray(a[i]), many_vars)
-        assert _max_rel(one_vars, lane) <= tol
+        assert max_rel(one_vars, lane) <= tol
         np.testing.assert_allclose(one_metrics["loss"], many_metrics["loss"][i], rtol=tol)
     again, _ = single(keys[1], start, data)
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, single(keys[1], start, data)[0])
@@ -67,7 +63,7 @@ def test_population_chunks_resume_and_export(tmp_path, tiny_data, tiny_model, st
         chunked64 = run_population(tmp_path / "chunked64", "finetune", tiny_data, chunk_size=2, **kw64)
         for (s1, v1), (s2, v2) in zip(whole.iter_models(), chunked64.iter_models()):
             assert s1 == s2
-            assert _max_rel(v2, v1) <= 1e-12
+            assert max_rel(v2, v1) <= 1e-12
     chunked = run_population(tmp_path / "chunked", "finetune", tiny_data, chunk_size=2, **kw)
 
     # Kill after the first chunk, restart with the same command: identical outputs.

@@ -18,6 +18,7 @@ from jax_unlearn.methods.sisa import Shards, aggregate_log_probs, aggregate_prob
 from jax_unlearn.models import ResNet
 from jax_unlearn.runs import RunFolder, RunFolderError
 from jax_unlearn.sisa_job import run_sisa
+from trees import lane, max_rel  # tests/ is on sys.path (tests/conftest.py)
 
 # XLA's CPU compile time dominates; unoptimised code is fine for a tiny model (both sides of every
 # comparison are compiled the same way).
@@ -59,14 +60,6 @@ def _partition(ctx, key):
     return sisa(ctx, **HYPER).partition(jax.random.split(key)[0])
 
 
-def _lane(tree, i):
-    return jax.tree_util.tree_map(lambda a: np.asarray(a[i]), tree)
-
-
-def _max_rel(a, b):
-    errs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y)) / max(np.max(np.abs(y)), 1e-12)), a, b))
-    return max(errs)
 
 
 def test_partition_is_the_references_uniform_split_of_a_seeded_permutation(setup):
@@ -93,7 +86,7 @@ def test_shard_training_is_the_supervised_recipe_on_the_shard(setup, runs, vmapp
                         weight_decay=0.0, from_scratch=True)
     alone, _ = jax.jit(make_run(shard_ctx, recipe, RunConfig(track=False)), compiler_options=FAST)(
         jax.random.fold_in(jax.random.split(key)[1], 2), None, shard_data)
-    assert _max_rel(_lane(_lane(vmapped["original"], 0), 2), alone) <= 1e-5
+    assert max_rel(lane(lane(vmapped["original"], 0), 2), alone) <= 1e-5
 
 
 def test_unlearning_retrains_only_affected_shards(setup, runs):
@@ -108,14 +101,14 @@ def test_unlearning_retrains_only_affected_shards(setup, runs):
     assert int(report["examples_retrained"]) == 1 and float(report["example_fraction"]) == pytest.approx(1 / 45)
     assert int(report["forgotten"]) == 10 and int(np.asarray(kept.member).sum()) == N_RETAIN
     for s in range(1, 5):  # untouched shards: bit-identical
-        jax.tree_util.tree_map(np.testing.assert_array_equal, _lane(out["unlearned"], s), _lane(out["original"], s))
-    assert not np.allclose(_lane(out["unlearned"], 0)["params"]["fc"]["kernel"],
-                           _lane(out["original"], 0)["params"]["fc"]["kernel"])
+        jax.tree_util.tree_map(np.testing.assert_array_equal, lane(out["unlearned"], s), lane(out["original"], s))
+    assert not np.allclose(lane(out["unlearned"], 0)["params"]["fc"]["kernel"],
+                           lane(out["original"], 0)["params"]["fc"]["kernel"])
     # The stand-alone unlearn on the trained ensemble gives the same ensemble.
     unlearn = jax.jit(sisa(ctx, **HYPER).unlearn, compiler_options=FAST)
     again, again_kept, _ = unlearn(jax.random.split(keys[0])[1], out["original"], shards, data)
     np.testing.assert_array_equal(again_kept.member, kept.member)
-    assert _max_rel(again, out["unlearned"]) <= 1e-5
+    assert max_rel(again, out["unlearned"]) <= 1e-5
 
 
 def test_retrained_shards_never_see_forget_data(setup, runs):
@@ -143,12 +136,12 @@ def test_retrained_shards_never_see_forget_data(setup, runs):
 
 def test_aggregate_is_the_mean_softmax_of_the_shards(setup, vmapped):
     ctx, data = setup
-    models = _lane(vmapped["original"], 0)
+    models = lane(vmapped["original"], 0)
     images = data["test"][0]
     probs, log_probs = jax.jit(lambda m: (aggregate_probs(ctx, m, images, batch_size=5),
                                           aggregate_log_probs(ctx, m, images)), compiler_options=FAST)(models)
     one = jax.jit(lambda v: jax.nn.softmax(predict(ctx, v, images)), compiler_options=FAST)
-    np.testing.assert_allclose(probs, np.mean([one(_lane(models, s)) for s in range(5)], axis=0), rtol=1e-5,
+    np.testing.assert_allclose(probs, np.mean([one(lane(models, s)) for s in range(5)], axis=0), rtol=1e-5,
                                atol=1e-7)
     np.testing.assert_allclose(np.sum(probs, -1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.exp(log_probs), probs, rtol=1e-5)
@@ -159,10 +152,10 @@ def test_seeds_vmap_differ_and_equal_single_runs(setup, runs, vmapped):
     keys, _, single = runs
     many = vmapped
     alone = single(keys[1], data, _partition(ctx, keys[1]))  # seed 1 on its own (its partition passed in)
-    assert _max_rel(alone["original"], _lane(many["original"], 1)) <= 1e-5
-    assert _max_rel(alone["unlearned"], _lane(many["unlearned"], 1)) <= 1e-5
+    assert max_rel(alone["original"], lane(many["original"], 1)) <= 1e-5
+    assert max_rel(alone["unlearned"], lane(many["unlearned"], 1)) <= 1e-5
     np.testing.assert_array_equal(alone["shards"].index, many["shards"].index[1])
-    a, b = (_lane(many["original"], i)["params"]["fc"]["kernel"] for i in (0, 1))
+    a, b = (lane(many["original"], i)["params"]["fc"]["kernel"] for i in (0, 1))
     assert not np.allclose(a, b)
     assert not np.array_equal(many["shards"].index[0], many["shards"].index[1])
     assert np.isfinite(np.asarray(many["loss"])).all() and many["loss"].shape == (2, 5, 2)
@@ -211,16 +204,16 @@ def test_job_retrains_exactly_the_affected_shards_as_unlearn_does(job, job_data)
     assert 0 < holds.sum() < JOB_SHARDS  # the data were chosen so that some shards are spared
     np.testing.assert_array_equal(unlearned["retrained"], holds)
     for s in np.flatnonzero(~holds):  # spared shards: bit-identical
-        jax.tree_util.tree_map(np.testing.assert_array_equal, _lane(unlearned["variables"], s),
-                               _lane(original["variables"], s))
+        jax.tree_util.tree_map(np.testing.assert_array_equal, lane(unlearned["variables"], s),
+                               lane(original["variables"], s))
     for s in np.flatnonzero(holds):
-        assert not np.allclose(_lane(unlearned["variables"], s)["params"]["fc"]["kernel"],
-                               _lane(original["variables"], s)["params"]["fc"]["kernel"])
+        assert not np.allclose(lane(unlearned["variables"], s)["params"]["fc"]["kernel"],
+                               lane(original["variables"], s)["params"]["fc"]["kernel"])
     # What the job computed with only the affected shards = sisa.unlearn over all S on the saved ensemble.
     again, kept, cost = jax.jit(fns.unlearn, compiler_options=FAST)(
         k_train, original["variables"], Shards(original["index"], original["member"]), data)
     np.testing.assert_array_equal(kept.member, unlearned["member"])
-    assert _max_rel(again, unlearned["variables"]) <= 1e-5
+    assert max_rel(again, unlearned["variables"]) <= 1e-5
     saving = report["saving"]
     assert (saving["shards_retrained"], saving["num_shards"], saving["forgotten"]) == (holds.sum(), JOB_SHARDS, 3)
     assert saving["shard_fraction"] == pytest.approx(holds.mean())
