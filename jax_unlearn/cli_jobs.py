@@ -73,7 +73,7 @@ def _run_args(p: argparse.ArgumentParser, n_default: int = 8) -> None:
     p.add_argument("--chunk-size", type=_positive, default=None, help="lanes per compiled chunk (default: "
                    "from free device memory; 8 on CPU)")
     _set_arg(p, "method hyper-parameter; a JSON list sweeps it (n-seeds lanes per setting)")
-    _dtype_arg(p)
+    _model_args(p)
     p.add_argument("--no-track", action="store_true", help="skip per-epoch accuracy tracking")
     p.add_argument("--track-max", type=_positive, default=2000, help="examples per split for tracking")
     p.add_argument("--snapshot-every", type=_positive, default=None, help="keep a snapshot every k epochs")
@@ -85,7 +85,8 @@ def _set_arg(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=help)
 
 
-def _dtype_arg(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """--dtype and --conv: the compute dtype and the conv lowering of the model (see :func:`_model`)."""
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     from jax_unlearn.jobs import CONV_LOWERINGS
 
@@ -326,7 +327,7 @@ def _sisa_args(p):
     p.add_argument("--seed", type=int, default=0, help="key(seed): the partition and the shards' keys")
     _set_arg(p, "SISA hyper-parameter: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
                 "class_weighted, augment (defaults: the reference's)")
-    _dtype_arg(p)
+    _model_args(p)
     _device_arg(p)
     _data_args(p)
 

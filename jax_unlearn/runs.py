@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from converters import atomic_write, flax_to_torch, save_torch_checkpoint
+from jax_unlearn.engine.run import is_primary
 
 
 class RunFolderError(ValueError):
@@ -143,7 +144,7 @@ class RunFolder:
                 epochs = len(next(iter(cols.values())))
                 frames.append(pd.DataFrame({"seed": int(seed), "epoch": np.arange(1, epochs + 1), **cols}))
         df = pd.concat(frames, ignore_index=True)
-        if jax.process_index() == 0:
+        if is_primary():
             atomic_write(self.path / "metrics.csv", lambda tmp: df.to_csv(tmp, index=False))
         return df
 

@@ -62,10 +62,10 @@ def test_methods_lists_every_method_of_the_library(capsys, markdown):
 
 @pytest.mark.parametrize("conv", ["xla", "gemm", "gemm-body"])
 def test_conv_flag_picks_the_lowering(conv):
-    from jax_unlearn.cli_jobs import _dtype_arg, _model
+    from jax_unlearn.cli_jobs import _model_args, _model
 
     p = argparse.ArgumentParser()
-    _dtype_arg(p)
+    _model_args(p)
     model = _model(p.parse_args(["--conv", conv, "--dtype", "bfloat16"]), 10)
     assert (model.conv_impl, model.stem_conv_impl, model.dtype) == {
         "xla": ("xla", None), "gemm": ("gemm", None), "gemm-body": ("gemm", "xla")}[conv] + (jnp.bfloat16,)
