@@ -230,9 +230,10 @@ def lane_maps_for(lanes: int, lane_maps) -> list[int]:
     return [m for m in lane_maps if m == 0 or (m < lanes and lanes % m == 0)]
 
 
-def run_grid(args) -> list[dict]:
+def run_grid(args, on_row: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
     """Per conv variant and dtype: every (B, K, lane map) lanes point, then the single-model ceilings at
-    each distinct K·B."""
+    each distinct K·B. ``on_row(rows)`` is called after each point (the script writes its outputs then, so
+    a run stopped by a time limit keeps what it measured)."""
     import jax
 
     rows = []
@@ -257,6 +258,7 @@ def run_grid(args) -> list[dict]:
                       + (f"{row['img_per_s']:12,.0f} img/s  compile {row['compile_s']:.1f}s" if row["status"] == "ok"
                          else "out of memory"), flush=True)
                 rows.append(row)
+                on_row(rows)
     return rows
 
 
@@ -325,16 +327,13 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     return path
 
 
-def main(argv=None) -> dict:
-    """Run the grid; write ``<out>.json``, ``<out>.md`` and ``<out>.png``; return the result dict."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    rows = run_grid(args)
+def summarise(args, argv, rows: list[dict]) -> dict:
+    """The result dict of the rows measured so far: device, versions, config, rows, and for ResNet-18 at
+    32×32 the issue's target point (64 lanes × 64, bf16) over the best variant measured."""
     info = common.jax_device_info()
-    device = common.describe_device(info)
     result = {
         "benchmark": "throughput", "date": common.utc_now(), "command": common.command_line("throughput.py", argv),
-        "device": device, "device_info": info, "versions": common.versions(),
+        "device": common.describe_device(info), "device_info": info, "versions": common.versions(),
         "config": {**vars(args), "optimizer": "torch_sgd(lr=1e-3, momentum=0.9, weight_decay=5e-4)"},
         "rows": rows,
     }
@@ -345,16 +344,35 @@ def main(argv=None) -> dict:
         result["target_64x64_bf16"] = {"img_per_s": target["img_per_s"], "conv": target["conv"],
                                        "lane_map": target["lane_map"], "target": 500_000,
                                        "met": target["img_per_s"] >= 500_000}
-    out = Path(args.out)
-    columns, body = table(rows)
-    md = common.markdown_table(columns, body)
-    common.write_json(out.with_suffix(".json"), result)
-    common.write_markdown(out.with_suffix(".md"), {"date": result["date"], "device": device,
-                                                   "versions": result["versions"], "command": result["command"]},
-                          md)
-    plot(rows, out.with_suffix(".png"), f"train-step throughput, {args.model}, {device}")
-    print(md, end="")
     return result
+
+
+def write_outputs(result: dict, out: Path, *, complete: bool) -> str:
+    """Write ``<out>.json`` and ``<out>.md`` (atomically; ``complete=False`` marks a partial grid in both)
+    and, once complete, ``<out>.png``. Returns the Markdown table."""
+    result = {**result, "complete": complete}
+    md = common.markdown_table(*table(result["rows"]))
+    head = {k: result[k] for k in ("date", "device", "versions", "command")}
+    if not complete:
+        head["status"] = "partial: the grid was still running when this was written"
+    common.write_json(out.with_suffix(".json"), result)
+    common.write_markdown(out.with_suffix(".md"), head, md)
+    if complete:
+        plot(result["rows"], out.with_suffix(".png"), f"train-step throughput, {result['config']['model']}, "
+             f"{result['device']}")
+    return md
+
+
+def main(argv=None) -> dict:
+    """Run the grid, rewriting ``<out>.json``/``.md`` after every point; at the end add ``<out>.png`` and
+    print the table. Returns the result dict."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    out = Path(args.out)
+    rows = run_grid(args, on_row=lambda rows: write_outputs(summarise(args, argv, rows), out, complete=False))
+    result = summarise(args, argv, rows)
+    print(write_outputs(result, out, complete=True), end="")
+    return {**result, "complete": True}
 
 
 if __name__ == "__main__":

@@ -277,6 +277,7 @@ def _demo_args(p):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-train", type=_positive, default=None, help="default: 512 on CPU, all on GPU")
     p.add_argument("--max-eval", type=_positive, default=None, help="default: 256 on CPU, all on GPU")
+    _model_args(p)
     _device_arg(p)
 
 
@@ -303,12 +304,12 @@ def _demo(args) -> int:
         variables = load_flax_variables(original)
         print(f"[demo] reusing {original}")
     else:
-        variables, _ = train_original(data, epochs=epochs)
+        variables, _ = train_original(data, epochs=epochs, model=_model(args, data.num_classes))
         save_flax_variables(variables, original)
         save_torch_checkpoint(flax_to_torch(variables), out / "original.pth")
-    chunk = {"chunk_size": args.chunk_size}
-    unlearned = run_population(out / "unlearned", "finetune", data, start_variables=variables, n_seeds=n, **chunk)
-    retrained = run_population(out / "retrained", "retrain", data, n_seeds=n, hyper={"epochs": epochs}, **chunk)
+    kw = {"chunk_size": args.chunk_size, "dtype": args.dtype, "model": _model(args, data.num_classes)}
+    unlearned = run_population(out / "unlearned", "finetune", data, start_variables=variables, n_seeds=n, **kw)
+    retrained = run_population(out / "retrained", "retrain", data, n_seeds=n, hyper={"epochs": epochs}, **kw)
     export_pth(RunFolder(unlearned.path), out / "submission", n=n)
     report = evaluate(unlearned.path, data, retrained_dir=retrained.path, out_dir=out / "evaluation")
     print(format_summary(report))

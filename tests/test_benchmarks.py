@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common, throughput  # noqa: E402
+from benchmarks import common, gpu_check, throughput  # noqa: E402
 from benchmarks import unlearn_vs_pytorch as uvp  # noqa: E402
 
 TINY_UNLEARN = ["--data", "synthetic", "--image-size", "16", "--max-train", "36", "--max-eval", "16",
@@ -112,6 +112,15 @@ def test_throughput_table_and_plot_pair_lanes_with_the_single_model_ceiling(tmp_
     # gemm lanes against gemm's own single model, and against the best single model of any variant (xla).
     assert body[3][:5] == ["gemm", "bfloat16", 64, 4, 2] and body[3][6:10] == [6000.0, 2000.0, 3.0, 1.5]
     assert throughput.plot(rows, tmp_path / "p.png", "t").stat().st_size > 1000
+    # While the grid runs the outputs are rewritten after every point, marked partial, without the plot.
+    result = {"date": "d", "device": "dev", "versions": {}, "command": "c", "config": {"model": "resnet18"},
+              "rows": rows}
+    throughput.write_outputs(result, tmp_path / "t", complete=False)
+    assert json.loads((tmp_path / "t.json").read_text())["complete"] is False
+    assert "- status: partial" in (tmp_path / "t.md").read_text() and not (tmp_path / "t.png").exists()
+    throughput.write_outputs(result, tmp_path / "t", complete=True)
+    assert json.loads((tmp_path / "t.json").read_text())["complete"] is True
+    assert "partial" not in (tmp_path / "t.md").read_text() and (tmp_path / "t.png").stat().st_size > 1000
 
 
 def test_common_helpers_format_tables_and_write_numpy_json(tmp_path):
@@ -187,3 +196,66 @@ def test_unlearn_vs_pytorch_jax_gemm_lane_mapped_trains_models_as_accurate_as_to
     assert max(means) - min(means) <= 1 / 16 + 1e-9
     assert result["evaluators_max_abs_diff"] <= 1 / 16 + 1e-9
     assert "float32 gemm map 1" in (tmp_path / "u.md").read_text()
+
+
+def test_gpu_check_plan_parses_with_the_scripts_own_parsers_and_fits_a_600s_command(tmp_path):
+    steps = gpu_check.plan(tmp_path, "/data/fmnist")
+    assert [s.name for s in steps] == ["env", "parity", "throughput", "unlearn"]
+    assert sum(s.budget_s for s in steps) <= 540
+    by_name = {s.name: s for s in steps}
+    tp = throughput.parse_args(list(by_name["throughput"].argv[2:]))
+    assert (tp.lanes, tp.batch, tp.dtypes, tp.conv) == ([64], [64], ["bfloat16"], ["gemm", "xla", "gemm-body"])
+    assert Path(tp.out).parent == tmp_path
+    un = uvp.parse_args(list(by_name["unlearn"].argv[2:]))
+    assert (un.runs, un.lanes, un.backends, un.dtype, un.conv, un.data_dir) == (
+        512, 64, ("eager", "jax"), "bfloat16", "gemm", "/data/fmnist")
+    assert ("JAX_DEFAULT_MATMUL_PRECISION", "highest") in by_name["parity"].env
+    with pytest.raises(SystemExit, match="unknown steps"):
+        gpu_check.main(["--only", "env,nope", "--dry-run"])
+
+
+def test_gpu_check_stops_an_overrunning_step_keeps_going_and_bundles_after_each(tmp_path, monkeypatch):
+    py = sys.executable
+    def fake_plan(res, data_dir):
+        return [
+            gpu_check.Step("writes", 30, (py, "-c", f"open({str(res / 'a.json')!r}, 'w').write('{{}}')")),
+            # The child of a shell: the whole process group must go, or the call would hang on it.
+            gpu_check.Step("hangs", 1, ("bash", "-c", f"{py} -c 'import time; time.sleep(120)'; echo after")),
+            gpu_check.Step("fails", 30, (py, "-c", "raise SystemExit(3)")),
+        ]
+    monkeypatch.setattr(gpu_check, "plan", fake_plan)
+    out, res = tmp_path / "out", tmp_path / "res"
+    elapsed = common.stopwatch()
+    records = gpu_check.main(["--out", str(out), "--results", str(res)])
+    assert elapsed() < 60
+    assert [(r["step"], r["rc"], r["timed_out"]) for r in records] == [
+        ("writes", 0, False), ("hangs", None, True), ("fails", 3, False)]
+    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "results.tgz", "summary.md"]
+    import tarfile
+    with tarfile.open(out / "results.tgz") as tar:
+        assert {"results/a.json", "results/gpu_check.json"} <= set(tar.getnames())
+    log = (out / "log.txt").read_text()
+    assert "=== hangs (budget" in log and "\nafter\n" not in log  # the shell was stopped too
+    assert "| hangs | — | " in (out / "summary.md").read_text()
+
+
+def test_gpu_check_summary_reads_the_headline_figures(tmp_path):
+    rows = [{"kind": "lanes", "conv": "gemm", "dtype": "bfloat16", "lanes": 64, "batch": 64, "lane_map": 0,
+             "images_per_step": 4096, "status": "ok", "img_per_s": 512_000.0, "compile_s": 30.0},
+            {"kind": "single", "conv": "gemm", "dtype": "bfloat16", "lanes": 1, "batch": 4096, "lane_map": 0,
+             "images_per_step": 4096, "status": "ok", "img_per_s": 600_000.0, "compile_s": 9.0}]
+    common.write_json(tmp_path / "throughput_64x64_bf16.json", {
+        "device": "H200", "complete": True, "rows": rows,
+        "target_64x64_bf16": {"img_per_s": 512_000.0, "conv": "gemm", "met": True}})
+    acc = {"retain": {"mean": 0.9}, "test": {"mean": 0.88}}
+    common.write_json(tmp_path / "unlearn_vs_pytorch_512_gemm_bf16.json", {
+        "device": "H200", "accuracy_match": True, "backends": {
+            "eager": {"img_per_s": 5600.0, "wall_for_R_s": 2560.0, "wall_for_R_incl_compile_s": 2560.0,
+                      "extrapolated": True, "accuracy": acc},
+            "jax": {"img_per_s": 400_000.0, "wall_for_R_s": 36.0, "compile_s": 20.0,
+                    "wall_for_R_incl_compile_s": 56.0, "extrapolated": False, "accuracy": acc}}})
+    text = gpu_check.summary(tmp_path, [{"step": "throughput", "rc": 0, "seconds": 100.0, "timed_out": False}])
+    assert "| gemm | bfloat16 | 64 | 64 | 512,000 | 600,000 | 30 |" in text
+    assert "best 512,000 (gemm), met" in text
+    assert "| jax | 400,000 | 36 | 20 | 56 | no | 0.9 | 0.88 |" in text
+    assert "accuracy match (bf16 JAX vs fp32 torch): True" in text

@@ -73,6 +73,17 @@ def test_conv_flag_picks_the_lowering(conv):
         p.parse_args(["--conv", "winograd"])
 
 
+@pytest.mark.parametrize("command", ["unlearn", "retrain", "sisa", "demo"])
+def test_every_command_that_trains_takes_dtype_and_conv(command):
+    from jax_unlearn.cli import _commands
+
+    (add_arguments,) = [add for name, add, _ in _commands() if name == command]
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    dests = {a.dest: a for a in p._actions}
+    assert dests["conv"].choices == ("xla", "gemm", "gemm-body") and dests["dtype"].default == "float32"
+
+
 def test_nonsense_values_fail_clearly(tmp_path, capsys):
     import pytest
 
