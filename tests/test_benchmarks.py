@@ -249,7 +249,7 @@ def test_gpu_check_summary_reads_the_headline_figures(tmp_path):
         "target_64x64_bf16": {"img_per_s": 512_000.0, "conv": "gemm", "met": True}})
     acc = {"retain": {"mean": 0.9}, "test": {"mean": 0.88}}
     common.write_json(tmp_path / "unlearn_vs_pytorch_512_gemm_bf16.json", {
-        "device": "H200", "accuracy_match": True, "backends": {
+        "device": "H200", "accuracy_match": True, "sizes": {"retain": 28_000}, "backends": {
             "eager": {"img_per_s": 5600.0, "wall_for_R_s": 2560.0, "wall_for_R_incl_compile_s": 2560.0,
                       "extrapolated": True, "accuracy": acc},
             "jax": {"img_per_s": 400_000.0, "wall_for_R_s": 36.0, "compile_s": 20.0,
@@ -259,3 +259,6 @@ def test_gpu_check_summary_reads_the_headline_figures(tmp_path):
     assert "best 512,000 (gemm), met" in text
     assert "| jax | 400,000 | 36 | 20 | 56 | no | 0.9 | 0.88 |" in text
     assert "accuracy match (bf16 JAX vs fp32 torch): True" in text
+    # 512 * 30 * 28000 / 400k img/s = 1075.2 s; + 56 s for the unlearning runs.
+    assert "Projected, not measured: 512 retrains (30 epochs × 28,000 images, batch 64) at this run's 400,000 " \
+           "img/s take 17.9 min; with the 512 unlearning runs 18.9 min" in text
