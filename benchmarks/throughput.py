@@ -321,10 +321,11 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from converters import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def summarise(args, argv, rows: list[dict]) -> dict:
@@ -348,8 +349,8 @@ def summarise(args, argv, rows: list[dict]) -> dict:
 
 
 def write_outputs(result: dict, out: Path, *, complete: bool) -> str:
-    """Write ``<out>.json`` and ``<out>.md`` (atomically; ``complete=False`` marks a partial grid in both)
-    and, once complete, ``<out>.png``. Returns the Markdown table."""
+    """Write ``<out>.json``, ``<out>.md`` (atomically) and ``<out>.png``; ``complete=False`` marks a partial
+    grid in all three. Returns the Markdown table."""
     result = {**result, "complete": complete}
     md = common.markdown_table(*table(result["rows"]))
     head = {k: result[k] for k in ("date", "device", "versions", "command")}
@@ -357,15 +358,14 @@ def write_outputs(result: dict, out: Path, *, complete: bool) -> str:
         head["status"] = "partial: the grid was still running when this was written"
     common.write_json(out.with_suffix(".json"), result)
     common.write_markdown(out.with_suffix(".md"), head, md)
-    if complete:
-        plot(result["rows"], out.with_suffix(".png"), f"train-step throughput, {result['config']['model']}, "
-             f"{result['device']}")
+    plot(result["rows"], out.with_suffix(".png"), f"train-step throughput, {result['config']['model']}, "
+         f"{result['device']}{'' if complete else ' (partial)'}")
     return md
 
 
 def main(argv=None) -> dict:
-    """Run the grid, rewriting ``<out>.json``/``.md`` after every point; at the end add ``<out>.png`` and
-    print the table. Returns the result dict."""
+    """Run the grid, rewriting ``<out>.json``/``.md``/``.png`` after every point (so a run stopped early
+    keeps what it measured); print the table at the end. Returns the result dict."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = Path(args.out)
