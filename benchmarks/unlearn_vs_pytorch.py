@@ -310,6 +310,9 @@ def summarise(name: str, results: list[dict], runs: int, n_retain: int) -> dict:
            "peak_device_bytes": sum(peaks) if peaks else None,
            "host_peak_rss_bytes": max(r["host_peak_rss"] for r in results),
            "accuracy": {s: common.mean_std(a[s] for a in accs) for s in ("retain", "test")},
+           # Per run id (the same id is the same batch order within a framework): for paired comparisons,
+           # e.g. --dtype bfloat16 against float32.
+           "run_accuracy": {str(i): a for i, a in sorted((int(i), a) for r in results for i, a in r["accs"].items())},
            "device": results[0]["device"], "workers": len(results)}
     if name == "jax":
         r = results[0]

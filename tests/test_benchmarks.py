@@ -37,6 +37,9 @@ def test_unlearn_vs_pytorch_runs_all_three_backends_and_reports_every_field(tmp_
         for split in ("retain", "test"):
             acc = b["accuracy"][split]
             assert acc["n"] == 2 and 0.0 <= acc["mean"] <= 1.0 and math.isfinite(acc["std"])
+            runs = [r[split] for r in b["run_accuracy"].values()]
+            assert len(runs) == 2 and acc["mean"] == pytest.approx(sum(runs) / 2)
+    assert set(backends["jax"]["run_accuracy"]) == set(backends["eager"]["run_accuracy"])  # the same run ids
     jax_b = backends["jax"]
     assert jax_b["compile_s"] > 0 and jax_b["lanes"] == 2 and jax_b["chunks"] == 1
     assert jax_b["wall_for_R_incl_compile_s"] == pytest.approx(jax_b["wall_for_R_s"] + jax_b["compile_s"])
