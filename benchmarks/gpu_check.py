@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # python benchmarks/gpu_check.py
 
 from benchmarks import common  # noqa: E402
 
+THROUGHPUT_OUT, UNLEARN_OUT = "throughput_64x64_bf16", "unlearn_vs_pytorch_512_gemm_bf16"  # in --results
 RETRAIN_EPOCHS = 30  # the official recipe (methods/finetune.py: retrain)
 DATA_DIRS = ("data/fashion-mnist", "/usr/share/datasets/fashion-mnist", "data/usr/share/datasets/fashion-mnist")
 
@@ -81,11 +82,11 @@ def plan(res: Path, data_dir: str | None) -> list[Step]:
                             "gpu or resnet18 or vmapped"), (("JAX_DEFAULT_MATMUL_PRECISION", "highest"),)),
         Step("throughput", 180, (py, "benchmarks/throughput.py", "--lanes", "64", "--batch", "64", "--dtypes",
                                  "bfloat16", "--conv", "gemm,xla,gemm-body", "--steps", "10", "--repeats", "3",
-                                 "--out", str(res / "throughput_64x64_bf16"))),
+                                 "--out", str(res / THROUGHPUT_OUT))),
         Step("unlearn", 230, (py, "benchmarks/unlearn_vs_pytorch.py", "--runs", "512", "--lanes", "64",
                               "--backends", "eager,jax", "--eager-runs", "8", "--max-train", "31111",
                               "--original-epochs", "5", "--conv", "gemm", "--dtype", "bfloat16", *data,
-                              "--out", str(res / "unlearn_vs_pytorch_512_gemm_bf16"))),
+                              "--out", str(res / UNLEARN_OUT))),
     ]
 
 
@@ -145,7 +146,7 @@ def summary(res: Path, records: list[dict]) -> str:
     lines = ["# GPU check", "", f"- date: {common.utc_now()}", "",
              common.markdown_table(["step", "rc", "seconds", "timed out"],
                                    [[r["step"], r["rc"], r["seconds"], r["timed_out"]] for r in records])]
-    tp = _load(res / "throughput_64x64_bf16.json")
+    tp = _load(res / f"{THROUGHPUT_OUT}.json")
     if tp:
         single = {(r["conv"], r["images_per_step"]): r["img_per_s"] for r in tp["rows"]
                   if r["kind"] == "single" and r["status"] == "ok"}
@@ -158,7 +159,7 @@ def summary(res: Path, records: list[dict]) -> str:
             t = tp["target_64x64_bf16"]
             lines.append(f"\nTarget ≥ 500k img/s at 64×64 bf16: best {t['img_per_s']:,.0f} ({t['conv']}), "
                          f"{'met' if t['met'] else 'NOT met'}")
-    un = _load(res / "unlearn_vs_pytorch_512_gemm_bf16.json")
+    un = _load(res / f"{UNLEARN_OUT}.json")
     if un:
         rows = [[n, b["img_per_s"], b["wall_for_R_s"], b.get("compile_s"), b["wall_for_R_incl_compile_s"],
                  b["extrapolated"], b["accuracy"]["retain"]["mean"], b["accuracy"]["test"]["mean"]]

@@ -208,10 +208,11 @@ def test_gpu_check_plan_parses_with_the_scripts_own_parsers_and_fits_a_600s_comm
     by_name = {s.name: s for s in steps}
     tp = throughput.parse_args(list(by_name["throughput"].argv[2:]))
     assert (tp.lanes, tp.batch, tp.dtypes, tp.conv) == ([64], [64], ["bfloat16"], ["gemm", "xla", "gemm-body"])
-    assert Path(tp.out).parent == tmp_path
+    assert Path(tp.out) == tmp_path / gpu_check.THROUGHPUT_OUT  # where summary() looks
     un = uvp.parse_args(list(by_name["unlearn"].argv[2:]))
     assert (un.runs, un.lanes, un.backends, un.dtype, un.conv, un.data_dir) == (
         512, 64, ("eager", "jax"), "bfloat16", "gemm", "/data/fmnist")
+    assert Path(un.out) == tmp_path / gpu_check.UNLEARN_OUT
     assert ("JAX_DEFAULT_MATMUL_PRECISION", "highest") in by_name["parity"].env
     with pytest.raises(SystemExit, match="unknown steps"):
         gpu_check.main(["--only", "env,nope", "--dry-run"])
@@ -247,11 +248,11 @@ def test_gpu_check_summary_reads_the_headline_figures(tmp_path):
              "images_per_step": 4096, "status": "ok", "img_per_s": 512_000.0, "compile_s": 30.0},
             {"kind": "single", "conv": "gemm", "dtype": "bfloat16", "lanes": 1, "batch": 4096, "lane_map": 0,
              "images_per_step": 4096, "status": "ok", "img_per_s": 600_000.0, "compile_s": 9.0}]
-    common.write_json(tmp_path / "throughput_64x64_bf16.json", {
+    common.write_json(tmp_path / f"{gpu_check.THROUGHPUT_OUT}.json", {
         "device": "H200", "complete": True, "rows": rows,
         "target_64x64_bf16": {"img_per_s": 512_000.0, "conv": "gemm", "met": True}})
     acc = {"retain": {"mean": 0.9}, "test": {"mean": 0.88}}
-    common.write_json(tmp_path / "unlearn_vs_pytorch_512_gemm_bf16.json", {
+    common.write_json(tmp_path / f"{gpu_check.UNLEARN_OUT}.json", {
         "device": "H200", "accuracy_match": True, "sizes": {"retain": 28_000}, "backends": {
             "eager": {"img_per_s": 5600.0, "wall_for_R_s": 2560.0, "wall_for_R_incl_compile_s": 2560.0,
                       "extrapolated": True, "accuracy": acc},
