@@ -14,8 +14,8 @@ step under its own time budget, in order of value:
    flagged so): the 512-runs-under-60-s target, and the accuracy of bf16 runs against fp32 torch.
 
 A step that overruns its budget is stopped (its whole process group) and the next one starts; what it
-measured is kept, since ``throughput.py`` rewrites its outputs after every point and every step's output is
-in the log. After every step the outputs are bundled again, so a call cut short still brings back what was
+measured is kept, since ``throughput.py`` rewrites its outputs after every point, ``unlearn_vs_pytorch.py``
+after every backend, and every step's output is in the log. After every step the outputs are bundled again, so a call cut short still brings back what was
 measured. ``--out`` (the device tool's ``$OUT``, default ``out/gpu_check``) holds just three files — the tool
 brings back at most eight: ``log.txt`` (all output), ``results.tgz`` (every step's JSON/Markdown/PNG, which
 are written to ``--results`` outside it) and ``summary.md`` (the headline figures, printed last, so they are
@@ -164,7 +164,8 @@ def summary(res: Path, records: list[dict]) -> str:
         rows = [[n, b["img_per_s"], b["wall_for_R_s"], b.get("compile_s"), b["wall_for_R_incl_compile_s"],
                  b["extrapolated"], b["accuracy"]["retain"]["mean"], b["accuracy"]["test"]["mean"]]
                 for n, b in un["backends"].items()]
-        lines += ["", f"## 512 Kaggle-baseline runs ({un['device']})", "",
+        lines += ["", f"## 512 Kaggle-baseline runs ({un['device']}; "
+                  f"{'complete' if un.get('complete') else 'partial'})", "",
                   common.markdown_table(["backend", "img/s", "wall R s", "compile s", "wall R incl. compile s",
                                          "extrapolated", "retain acc", "test acc"], rows),
                   f"\naccuracy match (bf16 JAX vs fp32 torch): {un['accuracy_match']}"]

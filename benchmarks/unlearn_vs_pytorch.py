@@ -353,7 +353,8 @@ def markdown_row(result: dict) -> tuple[list[str], list[list]]:
 
 
 def main(argv=None) -> dict:
-    """Run the comparison; write ``<out>.json`` and ``<out>.md``; return the result dict."""
+    """Run the comparison; write ``<out>.json`` and ``<out>.md`` after every backend (the last write is
+    marked complete); return the result dict."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.worker:
@@ -375,12 +376,23 @@ def main(argv=None) -> dict:
         elapsed = common.stopwatch()
         subprocess.run(_worker_cmd(argv_w, work, "prepare"), env=env, check=True)
         prepare = {**json.loads((work / "prepare.json").read_text()), "prepare_s": elapsed()}
-        for name in (n for n in BACKENDS if n in args.backends):
+        names = [n for n in BACKENDS if n in args.backends]
+        for name in names:
             kind, world = ("jax", 1) if name == "jax" else ("torch", 1 if name == "eager" else args.procs)
             common.run_workers([_worker_cmd(argv_w, work, kind, name, r, world) for r in range(world)], work, name,
                                env=env)
             results = [json.loads((work / f"result_{name}_{r}.json").read_text()) for r in range(world)]
             backends[name] = summarise(name, results, args.runs, prepare["sizes"]["retain"])
+            # Written after every backend, so a run stopped by a time limit keeps the backends it finished.
+            result = report(args, argv, device, prepare, backends, complete=name == names[-1])
+    print(result["table"], end="")
+    return result["result"]
+
+
+def report(args, argv, device: str, prepare: dict, backends: dict, *, complete: bool) -> dict:
+    """Build the result dict of the backends measured so far (speed-ups, accuracy checks, the original's
+    accuracy by evaluator), write ``<out>.json`` and ``<out>.md`` (``complete=False`` marks them partial);
+    returns ``{'result': ..., 'table': markdown}``."""
     speedup = {}
     for a, b in (("jax", "eager"), ("jax", "procs"), ("procs", "eager")):
         if a in backends and b in backends:
@@ -391,7 +403,7 @@ def main(argv=None) -> dict:
     originals = {n: b["original_acc"] for n, b in backends.items() if b["original_acc"] is not None}
     config = {k: v for k, v in vars(args).items() if k not in ("worker", "tag", "rank", "world")}
     result = {
-        "benchmark": "unlearn_vs_pytorch", "date": common.utc_now(),
+        "benchmark": "unlearn_vs_pytorch", "date": common.utc_now(), "complete": complete,
         "command": common.command_line("unlearn_vs_pytorch.py", argv), "versions": common.versions(),
         "device": common.describe_device(backends.get("jax", next(iter(backends.values())))["device"]),
         "config": {**config, "backends": list(args.backends), "torch_device": device, "recipe": RECIPE},
@@ -403,11 +415,12 @@ def main(argv=None) -> dict:
                                         for s in a), default=0.0),
     }
     table, out = common.markdown_table(*markdown_row(result)), Path(args.out)
+    head = {k: result[k] for k in ("date", "device", "versions", "command")}
+    if not complete:
+        head["status"] = f"partial: backends {list(backends)} of {list(args.backends)} done when this was written"
     common.write_json(out.with_suffix(".json"), result)
-    common.write_markdown(out.with_suffix(".md"), {k: result[k] for k in ("date", "device", "versions", "command")},
-                          table)
-    print(table, end="")
-    return result
+    common.write_markdown(out.with_suffix(".md"), head, table)
+    return {"result": result, "table": table}
 
 
 if __name__ == "__main__":

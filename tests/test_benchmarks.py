@@ -25,6 +25,7 @@ def test_unlearn_vs_pytorch_runs_all_three_backends_and_reports_every_field(tmp_
     on_disk = json.loads((tmp_path / "uvp.json").read_text())
     assert on_disk["command"] == result["command"]
     assert on_disk["command"].startswith("python benchmarks/unlearn_vs_pytorch.py --data synthetic")
+    assert on_disk["complete"] is True and "partial" not in (tmp_path / "uvp.md").read_text()
     assert on_disk["sizes"] == {"retain": 32, "forget": 4, "validation": 16, "test": 16}
     backends = on_disk["backends"]
     assert set(backends) == {"eager", "procs", "jax"}
@@ -40,6 +41,12 @@ def test_unlearn_vs_pytorch_runs_all_three_backends_and_reports_every_field(tmp_
             runs = [r[split] for r in b["run_accuracy"].values()]
             assert len(runs) == 2 and acc["mean"] == pytest.approx(sum(runs) / 2)
     assert set(backends["jax"]["run_accuracy"]) == set(backends["eager"]["run_accuracy"])  # the same run ids
+    # Outputs are written after each backend: the first write holds eager alone, marked partial.
+    args = uvp.parse_args([*TINY_UNLEARN, "--out", str(tmp_path / "partial")])
+    uvp.report(args, [], "cpu", on_disk["prepare"], {"eager": backends["eager"]}, complete=False)
+    partial = json.loads((tmp_path / "partial.json").read_text())
+    assert partial["complete"] is False and list(partial["backends"]) == ["eager"] and not partial["speedup"]
+    assert "- status: partial: backends ['eager'] of ['eager', 'procs', 'jax']" in (tmp_path / "partial.md").read_text()
     jax_b = backends["jax"]
     assert jax_b["compile_s"] > 0 and jax_b["lanes"] == 2 and jax_b["chunks"] == 1
     assert jax_b["wall_for_R_incl_compile_s"] == pytest.approx(jax_b["wall_for_R_s"] + jax_b["compile_s"])
