@@ -10,8 +10,8 @@ step under its own time budget, in order of value:
 3. ``throughput``: ``benchmarks/throughput.py`` at the issue's target point, 64 lanes × batch 64 in bf16,
    for the ``gemm``, ``xla`` and ``gemm-body`` lowerings, each beside its own single model at batch 4096;
 4. ``unlearn``: ``benchmarks/unlearn_vs_pytorch.py``, 512 Kaggle-baseline runs on a 28k-image retain set by
-   jax-unlearn (64 lanes, ``gemm``, bf16) against PyTorch eager (8 runs timed, extrapolated to 512 and
-   flagged so): the 512-runs-under-60-s target, and the accuracy of bf16 runs against fp32 torch.
+   jax-unlearn (64 lanes, ``gemm``, bf16; run first) against PyTorch eager (8 runs timed, extrapolated to
+   512 and flagged so): the 512-runs-under-60-s target, and the accuracy of bf16 runs against fp32 torch.
 
 A step that overruns its budget is stopped (its whole process group) and the next one starts; what it
 measured is kept, since ``throughput.py`` rewrites its outputs after every point, ``unlearn_vs_pytorch.py``
@@ -84,7 +84,7 @@ def plan(res: Path, data_dir: str | None) -> list[Step]:
                                  "bfloat16", "--conv", "gemm,xla,gemm-body", "--steps", "10", "--repeats", "3",
                                  "--out", str(res / THROUGHPUT_OUT))),
         Step("unlearn", 230, (py, "benchmarks/unlearn_vs_pytorch.py", "--runs", "512", "--lanes", "64",
-                              "--backends", "eager,jax", "--eager-runs", "8", "--max-train", "31111",
+                              "--backends", "jax,eager", "--eager-runs", "8", "--max-train", "31111",
                               "--original-epochs", "5", "--conv", "gemm", "--dtype", "bfloat16", *data,
                               "--out", str(res / UNLEARN_OUT))),
     ]

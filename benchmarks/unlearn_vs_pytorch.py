@@ -68,7 +68,8 @@ def parse_args(argv):
     p.add_argument("--runs", type=int, default=64, help="R: unlearning runs per backend")
     p.add_argument("--procs", type=int, default=8, help="P: concurrent PyTorch processes for 'procs'")
     p.add_argument("--lanes", type=int, default=64, help="K: vmapped lanes per JAX chunk")
-    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {BACKENDS}")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help=f"comma-separated subset of {BACKENDS}, run in the order given")
     p.add_argument("--eager-runs", type=int, default=None, help="runs timed for 'eager' (default R)")
     p.add_argument("--procs-runs", type=int, default=None, help="runs timed for 'procs' (default R)")
     p.add_argument("--eval-runs", type=int, default=32, help="evenly spaced runs per backend to evaluate")
@@ -96,7 +97,7 @@ def parse_args(argv):
     p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    backends = tuple(b for b in args.backends.split(",") if b)
+    backends = tuple(dict.fromkeys(b for b in args.backends.split(",") if b))
     if not backends or any(b not in BACKENDS for b in backends):
         p.error(f"--backends must be a subset of {BACKENDS}, got {args.backends!r}")
     if min(args.runs, args.procs, args.lanes, args.eval_runs, args.eval_max) < 1:
@@ -376,15 +377,14 @@ def main(argv=None) -> dict:
         elapsed = common.stopwatch()
         subprocess.run(_worker_cmd(argv_w, work, "prepare"), env=env, check=True)
         prepare = {**json.loads((work / "prepare.json").read_text()), "prepare_s": elapsed()}
-        names = [n for n in BACKENDS if n in args.backends]
-        for name in names:
+        for name in args.backends:
             kind, world = ("jax", 1) if name == "jax" else ("torch", 1 if name == "eager" else args.procs)
             common.run_workers([_worker_cmd(argv_w, work, kind, name, r, world) for r in range(world)], work, name,
                                env=env)
             results = [json.loads((work / f"result_{name}_{r}.json").read_text()) for r in range(world)]
             backends[name] = summarise(name, results, args.runs, prepare["sizes"]["retain"])
             # Written after every backend, so a run stopped by a time limit keeps the backends it finished.
-            result = report(args, argv, device, prepare, backends, complete=name == names[-1])
+            result = report(args, argv, device, prepare, backends, complete=name == args.backends[-1])
     print(result["table"], end="")
     return result["result"]
 
@@ -393,6 +393,7 @@ def report(args, argv, device: str, prepare: dict, backends: dict, *, complete: 
     """Build the result dict of the backends measured so far (speed-ups, accuracy checks, the original's
     accuracy by evaluator), write ``<out>.json`` and ``<out>.md`` (``complete=False`` marks them partial);
     returns ``{'result': ..., 'table': markdown}``."""
+    backends = {n: backends[n] for n in BACKENDS if n in backends}  # one order for keys, whatever ran first
     speedup = {}
     for a, b in (("jax", "eager"), ("jax", "procs"), ("procs", "eager")):
         if a in backends and b in backends:

@@ -63,6 +63,7 @@ def test_unlearn_vs_pytorch_runs_all_three_backends_and_reports_every_field(tmp_
 
 
 def test_unlearn_vs_pytorch_rejects_bad_flags():
+    assert uvp.parse_args(["--backends", "jax,eager,jax"]).backends == ("jax", "eager")  # run in this order
     with pytest.raises(SystemExit):
         uvp.parse_args(["--backends", "eager,tensorflow"])
     with pytest.raises(SystemExit):
@@ -218,7 +219,7 @@ def test_gpu_check_plan_parses_with_the_scripts_own_parsers_and_fits_a_600s_comm
     assert Path(tp.out) == tmp_path / gpu_check.THROUGHPUT_OUT  # where summary() looks
     un = uvp.parse_args(list(by_name["unlearn"].argv[2:]))
     assert (un.runs, un.lanes, un.backends, un.dtype, un.conv, un.data_dir) == (
-        512, 64, ("eager", "jax"), "bfloat16", "gemm", "/data/fmnist")
+        512, 64, ("jax", "eager"), "bfloat16", "gemm", "/data/fmnist")
     assert Path(un.out) == tmp_path / gpu_check.UNLEARN_OUT
     assert ("JAX_DEFAULT_MATMUL_PRECISION", "highest") in by_name["parity"].env
     with pytest.raises(SystemExit, match="unknown steps"):
