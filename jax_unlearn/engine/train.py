@@ -157,7 +157,8 @@ def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: b
     """``epoch(state, key, data) -> (state, {'loss': mean loss})``: one pass over ``split`` in batches.
 
     Each call draws its own permutation from ``key`` (so each seed and epoch has its own order); the last
-    partial batch is kept and masked. ``augment`` applies random-crop(4)+flip to the uint8 batch.
+    partial batch is kept and masked. ``augment`` applies random-crop(4)+flip to the uint8 batch. The loss
+    is :func:`run_steps`' mean over real examples.
     """
     n = ctx.size(split)
 
@@ -166,17 +167,15 @@ def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: b
         k_perm, k_aug = jax.random.split(key)
         idx, mask = epoch_batches(k_perm if shuffle else None, n, batch_size)
 
-        def body(state, inp):
-            i, bidx, bmask = inp
+        def step(state, inp, bmask):
+            i, bidx = inp
             x = images[bidx]
             if augment:
                 x = random_crop_flip(jax.random.fold_in(k_aug, i), x)
-            state, loss = step_fn(state, x, labels[bidx], bmask)
-            return state, (loss, jnp.sum(bmask))
+            return step_fn(state, x, labels[bidx], bmask)
 
-        steps = jnp.arange(steps_per_epoch(n, batch_size))
-        state, (losses, counts) = jax.lax.scan(body, state, (steps, idx, mask))
-        return state, {"loss": jnp.sum(losses * counts) / jnp.sum(counts)}
+        state, loss = run_steps(step, state, (jnp.arange(steps_per_epoch(n, batch_size)), idx), mask)
+        return state, {"loss": loss}
 
     return epoch
 
