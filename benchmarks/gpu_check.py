@@ -15,11 +15,11 @@ step under its own time budget, in order of value:
 
 A step that overruns its budget is stopped (its whole process group) and the next one starts; what it
 measured is kept, since ``throughput.py`` rewrites its outputs after every point, ``unlearn_vs_pytorch.py``
-after every backend, and every step's output is in the log. After every step the outputs are bundled again, so a call cut short still brings back what was
-measured. ``--out`` (the device tool's ``$OUT``, default ``out/gpu_check``) holds just three files — the tool
-brings back at most eight: ``log.txt`` (all output), ``results.tgz`` (every step's JSON/Markdown/PNG, which
-are written to ``--results`` outside it) and ``summary.md`` (the headline figures, printed last, so they are
-in the reply's tail).
+after every backend, and every step's output is in the log. After every step the outputs are bundled
+again, so a call cut short still brings back what was measured. ``--out`` (the device tool's ``$OUT``,
+default ``out/gpu_check``) holds just three files — the tool brings back at most eight: ``log.txt`` (all
+output), ``results.tgz`` (every step's JSON/Markdown/PNG, which are written to ``--results`` outside it)
+and ``summary.md`` (the headline figures, printed last, so they are in the reply's tail).
 
 On the device (its python3 has jax, flax, optax, torch, pytest; nothing installed, the tree on
 ``PYTHONPATH``; Fashion-MNIST copied into ``data/fashion-mnist`` here and carried)::

@@ -15,6 +15,7 @@ from flax import linen as nn
 
 from jax_unlearn.data.types import Normalization
 from jax_unlearn.engine.batches import epoch_batches, random_crop_flip, steps_per_epoch
+from jax_unlearn.engine.losses import cross_entropy
 
 Variables = Mapping[str, Any]  # {'params': ..., 'batch_stats': ...}
 DeviceData = Mapping[str, tuple[jax.Array, jax.Array]]  # split name -> (images uint8 (N,32,32,3), labels (N,))
@@ -178,6 +179,27 @@ def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: b
         return state, {"loss": loss}
 
     return epoch
+
+
+def fold_eval_gradients(ctx: Context, variables: Variables, images, labels, batch_size: int, fold, init):
+    """Fold ``acc = fold(acc, g_b)`` over ``g_b = ∇θ CE_b``, the gradient of the batch-mean cross-entropy of
+    batch ``b`` of ``images`` uint8 (N, 32, 32, 3) / ``labels`` (N,) in data order (``batch_size`` each, the
+    last partial and masked), the model in eval mode (BatchNorm on running statistics, nothing updated).
+    Returns ``(acc, number of batches)``. SalUn's saliency and SSD's importances are such folds."""
+    idx, mask = epoch_batches(None, images.shape[0], batch_size)
+    params, batch_stats = variables["params"], variables["batch_stats"]
+
+    def body(acc, inp):
+        bidx, bmask = inp
+
+        def loss(p):
+            return cross_entropy(forward_eval(ctx, {"params": p, "batch_stats": batch_stats}, images[bidx]),
+                                 labels[bidx], bmask)
+
+        return fold(acc, jax.grad(loss)(params)), None
+
+    acc, _ = jax.lax.scan(body, init, (idx, mask))
+    return acc, idx.shape[0]
 
 
 def predict(ctx: Context, variables: Variables, images, batch_size: int = 500):

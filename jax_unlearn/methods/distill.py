@@ -25,8 +25,8 @@ import optax
 from jax_unlearn.engine.batches import epoch_batches
 from jax_unlearn.engine.losses import cross_entropy, kl_divergence
 from jax_unlearn.engine.optim import torch_adam, torch_sgd
-from jax_unlearn.engine.train import (Context, TrainState, create_state, forward_eval, run_steps, supervised_step,
-                                      teacher_logits, variables_of)
+from jax_unlearn.engine.train import (Context, TrainState, create_state, fold_eval_gradients, run_steps,
+                                      supervised_step, teacher_logits, variables_of)
 from jax_unlearn.methods.base import Method, register
 from jax_unlearn.models import init_variables
 
@@ -261,21 +261,11 @@ def importances(ctx: Context, variables, images, labels, batch_size: int):
     batch-mean cross-entropy, the model in eval mode — SSD's ``calc_importance`` (adapted from Avalanche).
     images uint8 (N, 32, 32, 3), labels (N,).
     """
-    idx, mask = epoch_batches(None, images.shape[0], batch_size)
-    params, batch_stats = variables["params"], variables["batch_stats"]
-
-    def body(acc, inp):
-        bidx, bmask = inp
-        def loss(p):
-            logits = forward_eval(ctx, {"params": p, "batch_stats": batch_stats}, images[bidx])
-            return cross_entropy(logits, labels[bidx], bmask)
-
-        grads = jax.grad(loss)(params)
-        return jax.tree_util.tree_map(lambda a, g: a + jnp.square(g.astype(jnp.float32)), acc, grads), None
-
-    zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    acc, _ = jax.lax.scan(body, zeros, (idx, mask))
-    return jax.tree_util.tree_map(lambda a: a / idx.shape[0], acc)
+    zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), variables["params"])
+    acc, n_batches = fold_eval_gradients(
+        ctx, variables, images, labels, batch_size,
+        lambda acc, g: jax.tree_util.tree_map(lambda a, g: a + jnp.square(g.astype(jnp.float32)), acc, g), zeros)
+    return jax.tree_util.tree_map(lambda a: a / n_batches, acc)
 
 
 def dampen(params, global_importance, forget_importance, alpha: float, lam: float):

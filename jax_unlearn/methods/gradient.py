@@ -25,7 +25,7 @@ from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.masks import masked, top_fraction_mask
 from jax_unlearn.engine.optim import make_optimizer
 from jax_unlearn.engine.train import (Context, TrainState, apply_gradients, create_state, epoch_over,
-                                      forward_eval, supervised_step, variables_of)
+                                      fold_eval_gradients, forward_eval, supervised_step, variables_of)
 from jax_unlearn.methods.base import Method, register
 
 
@@ -65,19 +65,10 @@ def forget_saliency(ctx: Context, variables, images, labels, batch_size: int):
     """``|Σ_b ∇θ (−CE_b)|`` over the forget set in batches of ``batch_size`` (data order, last batch partial),
     each ``CE_b`` a batch mean, the model in eval mode (BatchNorm on running statistics): SalUn's weight
     saliency, a params-shaped tree of non-negative float arrays. ``images`` uint8 (N, 32, 32, 3)."""
-    n = images.shape[0]
-    idx, mask = epoch_batches(None, n, batch_size)
-    params, batch_stats = variables["params"], variables["batch_stats"]
-
-    def neg_ce(p, x, y, m):
-        return -cross_entropy(forward_eval(ctx, {"params": p, "batch_stats": batch_stats}, x), y, m)
-
-    def body(total, inp):
-        bidx, bmask = inp
-        g = jax.grad(neg_ce)(params, images[bidx], labels[bidx], bmask)
-        return jax.tree_util.tree_map(jnp.add, total, g), None
-
-    total, _ = jax.lax.scan(body, jax.tree_util.tree_map(jnp.zeros_like, params), (idx, mask))
+    # |Σ ∇(−CE_b)| = |Σ ∇CE_b|, bit for bit (negating the cotangent negates every backward value exactly).
+    total, _ = fold_eval_gradients(ctx, variables, images, labels, batch_size,
+                                   lambda acc, g: jax.tree_util.tree_map(jnp.add, acc, g),
+                                   jax.tree_util.tree_map(jnp.zeros_like, variables["params"]))
     return jax.tree_util.tree_map(jnp.abs, total)
 
 
