@@ -105,22 +105,26 @@ def run_step(step: Step, log, timeout_s: float) -> dict:
     try:
         rc = proc.wait(timeout=max(timeout_s, 1.0))
     except subprocess.TimeoutExpired:
-        timed_out = True
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        rc = None
+        timed_out, rc = True, None
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            pass
+        # Then KILL whatever is left of the group (a worker still holding GPU memory would starve the next step).
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
     record = {"step": step.name, "rc": rc, "seconds": round(elapsed(), 1), "timed_out": timed_out}
     log.write(f"=== {step.name}: {record}\n")
     log.flush()
     return record
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the whole group is gone already
+        pass
 
 
 def bundle(res: Path, out: Path) -> Path:

@@ -227,19 +227,24 @@ def test_gpu_check_plan_parses_with_the_scripts_own_parsers_and_fits_a_600s_comm
 
 
 def test_gpu_check_stops_an_overrunning_step_keeps_going_and_bundles_after_each(tmp_path, monkeypatch):
-    py = sys.executable
+    py, pid_file, deaf = sys.executable, tmp_path / "child.pid", tmp_path / "deaf.py"
+    deaf.write_text(f"import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                    f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+
     def fake_plan(res, data_dir):
         return [
-            gpu_check.Step("writes", 30, (py, "-c", f"open({str(res / 'a.json')!r}, 'w').write('{{}}')")),
-            # The child of a shell: the whole process group must go, or the call would hang on it.
-            gpu_check.Step("hangs", 1, ("bash", "-c", f"{py} -c 'import time; time.sleep(120)'; echo after")),
-            gpu_check.Step("fails", 30, (py, "-c", "raise SystemExit(3)")),
+            gpu_check.Step("writes", 5, (py, "-c", f"open({str(res / 'a.json')!r}, 'w').write('{{}}')")),
+            # The child of a shell, deaf to TERM: the whole process group must go, or the call would hang on
+            # it (or a GPU worker would outlive its step).
+            gpu_check.Step("hangs", 1, ("bash", "-c", f"{py} {deaf}; echo after")),
+            gpu_check.Step("fails", 5, (py, "-c", "raise SystemExit(3)")),
         ]
     monkeypatch.setattr(gpu_check, "plan", fake_plan)
     out, res = tmp_path / "out", tmp_path / "res"
     elapsed = common.stopwatch()
     records = gpu_check.main(["--out", str(out), "--results", str(res)])
-    assert elapsed() < 60
+    # "hangs" gets its own second plus what "writes" left unused (about 5 s), then TERM, 10 s, KILL.
+    assert elapsed() < 40
     assert [(r["step"], r["rc"], r["timed_out"]) for r in records] == [
         ("writes", 0, False), ("hangs", None, True), ("fails", 3, False)]
     assert sorted(p.name for p in out.iterdir()) == ["log.txt", "results.tgz", "summary.md"]
@@ -248,6 +253,8 @@ def test_gpu_check_stops_an_overrunning_step_keeps_going_and_bundles_after_each(
         assert {"results/a.json", "results/gpu_check.json"} <= set(tar.getnames())
     log = (out / "log.txt").read_text()
     assert "=== hangs (budget" in log and "\nafter\n" not in log  # the shell was stopped too
+    status = Path(f"/proc/{pid_file.read_text()}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text()  # killed (at most a zombie awaiting init)
     assert "| hangs | — | " in (out / "summary.md").read_text()
 
 
