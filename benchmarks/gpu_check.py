@@ -45,7 +45,7 @@ from typing import NamedTuple
 if __package__ in (None, ""):  # python benchmarks/gpu_check.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, throughput  # noqa: E402
 
 THROUGHPUT_OUT, UNLEARN_OUT = "throughput_64x64_bf16", "unlearn_vs_pytorch_512_gemm_bf16"  # in --results
 RETRAIN_EPOCHS = 30  # the official recipe (methods/finetune.py: retrain)
@@ -152,13 +152,8 @@ def summary(res: Path, records: list[dict]) -> str:
                                    [[r["step"], r["rc"], r["seconds"], r["timed_out"]] for r in records])]
     tp = _load(res / f"{THROUGHPUT_OUT}.json")
     if tp:
-        single = {(r["conv"], r["images_per_step"]): r["img_per_s"] for r in tp["rows"]
-                  if r["kind"] == "single" and r["status"] == "ok"}
-        rows = [[r["conv"], r["dtype"], r["lanes"], r["batch"], r.get("img_per_s") if r["status"] == "ok" else "OOM",
-                 single.get((r["conv"], r["images_per_step"])), r.get("compile_s")]
-                for r in tp["rows"] if r["kind"] == "lanes"]
         lines += ["", f"## Throughput ({tp['device']}; {'complete' if tp.get('complete') else 'partial'})", "",
-                  common.markdown_table(["conv", "dtype", "K", "B", "img/s", "1 model img/s", "compile s"], rows)]
+                  common.markdown_table(*throughput.table(tp["rows"]))]  # its own lanes/ceiling pairing
         if "target_64x64_bf16" in tp:
             t = tp["target_64x64_bf16"]
             lines.append(f"\nTarget ≥ 500k img/s at 64×64 bf16: best {t['img_per_s']:,.0f} ({t['conv']}), "

@@ -260,9 +260,9 @@ def test_gpu_check_stops_an_overrunning_step_keeps_going_and_bundles_after_each(
 
 def test_gpu_check_summary_reads_the_headline_figures(tmp_path):
     rows = [{"kind": "lanes", "conv": "gemm", "dtype": "bfloat16", "lanes": 64, "batch": 64, "lane_map": 0,
-             "images_per_step": 4096, "status": "ok", "img_per_s": 512_000.0, "compile_s": 30.0},
+             "images_per_step": 4096, "status": "ok", "img_per_s": 512_000.0, "step_ms": 80.0, "compile_s": 30.0},
             {"kind": "single", "conv": "gemm", "dtype": "bfloat16", "lanes": 1, "batch": 4096, "lane_map": 0,
-             "images_per_step": 4096, "status": "ok", "img_per_s": 600_000.0, "compile_s": 9.0}]
+             "images_per_step": 4096, "status": "ok", "img_per_s": 600_000.0, "step_ms": 68.0, "compile_s": 9.0}]
     common.write_json(tmp_path / f"{gpu_check.THROUGHPUT_OUT}.json", {
         "device": "H200", "complete": True, "rows": rows,
         "target_64x64_bf16": {"img_per_s": 512_000.0, "conv": "gemm", "met": True}})
@@ -274,7 +274,7 @@ def test_gpu_check_summary_reads_the_headline_figures(tmp_path):
             "jax": {"img_per_s": 400_000.0, "wall_for_R_s": 36.0, "compile_s": 20.0,
                     "wall_for_R_incl_compile_s": 56.0, "extrapolated": False, "accuracy": acc}}})
     text = gpu_check.summary(tmp_path, [{"step": "throughput", "rc": 0, "seconds": 100.0, "timed_out": False}])
-    assert "| gemm | bfloat16 | 64 | 64 | 512,000 | 600,000 | 30 |" in text
+    assert "| gemm | bfloat16 | 64 | 64 | — | 4,096 | 512,000 | 600,000 | 0.853 | 0.853 | 80 | 30 |" in text
     assert "best 512,000 (gemm), met" in text
     assert "| jax | 400,000 | 36 | 20 | 56 | no | 0.9 | 0.88 |" in text
     assert "accuracy match (bf16 JAX vs fp32 torch): True" in text
