@@ -328,16 +328,18 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     return Path(path)
 
 
-def summarise(args, argv, rows: list[dict]) -> dict:
-    """The result dict of the rows measured so far: device, versions, config, rows, and for ResNet-18 at
-    32×32 the issue's target point (64 lanes × 64, bf16) over the best variant measured."""
+def run_facts(args, argv) -> dict:
+    """What does not change while the grid runs: command, device, versions, config (read once)."""
     info = common.jax_device_info()
-    result = {
-        "benchmark": "throughput", "date": common.utc_now(), "command": common.command_line("throughput.py", argv),
-        "device": common.describe_device(info), "device_info": info, "versions": common.versions(),
-        "config": {**vars(args), "optimizer": "torch_sgd(lr=1e-3, momentum=0.9, weight_decay=5e-4)"},
-        "rows": rows,
-    }
+    return {"benchmark": "throughput", "command": common.command_line("throughput.py", argv),
+            "device": common.describe_device(info), "device_info": info, "versions": common.versions(),
+            "config": {**vars(args), "optimizer": "torch_sgd(lr=1e-3, momentum=0.9, weight_decay=5e-4)"}}
+
+
+def summarise(args, facts: dict, rows: list[dict]) -> dict:
+    """The result dict of the rows measured so far: ``facts`` (:func:`run_facts`), the date, the rows, and
+    for ResNet-18 at 32×32 the issue's target point (64 lanes × 64, bf16) over the best variant measured."""
+    result = {**facts, "date": common.utc_now(), "rows": rows}
     hits = [r for r in rows if r["kind"] == "lanes" and r["lanes"] == 64 and r["batch"] == 64
             and r["dtype"] == "bfloat16" and r["status"] == "ok"]
     if hits and args.model == "resnet18" and args.image_size == 32:
@@ -369,8 +371,9 @@ def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = Path(args.out)
-    rows = run_grid(args, on_row=lambda rows: write_outputs(summarise(args, argv, rows), out, complete=False))
-    result = summarise(args, argv, rows)
+    facts = run_facts(args, argv)
+    rows = run_grid(args, on_row=lambda rows: write_outputs(summarise(args, facts, rows), out, complete=False))
+    result = summarise(args, facts, rows)
     print(write_outputs(result, out, complete=True), end="")
     return {**result, "complete": True}
 
