@@ -254,8 +254,9 @@ def random_label(ctx: Context, *, epochs, batch_size, lr, momentum, weight_decay
 
 
 @register("salun", "random labels, updating only the top fraction of weights by forget-gradient saliency",
-          "Fan et al., ICLR 2024, 'SalUn' / OPTML-Group/Unlearn-Saliency",
-          epochs=10, batch_size=256, lr=0.1, momentum=0.9, weight_decay=5e-4, fraction=0.5)
+          "Fan et al., ICLR 2024, 'SalUn' / OPTML-Group/Unlearn-Saliency (Classification/README.md, "
+          "generate_mask.py @ a6e89fd)",
+          epochs=10, batch_size=256, lr=0.013, momentum=0.9, weight_decay=5e-4, fraction=0.5)
 def salun(ctx: Context, *, epochs, batch_size, lr, momentum, weight_decay, fraction) -> Method:
     """SalUn: :func:`random_label` training restricted to the salient weights.
 
@@ -268,12 +269,14 @@ def salun(ctx: Context, *, epochs, batch_size, lr, momentum, weight_decay, fract
     so unselected weights stay bit-identical — momentum and weight decay included. BatchNorm running
     statistics are buffers, not parameters, and update as in RL.
 
-    Defaults: the README's SalUn command (``--unlearn RL --unlearn_epochs 10 --unlearn_lr 0.1``, mask
-    ``0.5``), ``arg_parser`` batch 256, momentum 0.9, weight decay 5e-4.
+    Defaults: the current ``Classification/README.md`` example for ResNet-18 / CIFAR-10, 10 % forgetting
+    (``main_random.py --unlearn RL --unlearn_epochs 10 --unlearn_lr 0.013 ... --mask_path
+    mask/with_0.5.pt``; the README before commit f31f82e, April 2024, said ``--unlearn_lr 0.1``), with
+    ``arg_parser`` batch 256, momentum 0.9, weight decay 5e-4.
 
-    Ambiguities and choices: (1) ``generate_mask.py`` calls ``optimizer.step()`` after every forget batch, so
-    its gradients are summed along a short gradient-*ascent* trajectory; the paper defines the saliency at the
-    original model, which we follow (no steps). (2) The reference masks the *gradient* and, in its later
+    Ambiguities and choices: (1) the saliency is the summed forget gradient at the original model: the
+    current ``generate_mask.py`` only zeroes gradients between forget batches (its ``optimizer.step()``
+    calls were removed in commit b874ee9, December 2023), so it, the paper and we agree. (2) The reference masks the *gradient* and, in its later
     version, restores masked weights and zeroes their momentum after each step (earlier versions let weight
     decay move them); masking the update gives the later version's result exactly. (3) Ties at the
     threshold are broken by parameter order, so exactly ``int(N · fraction)`` weights train.
@@ -281,7 +284,7 @@ def salun(ctx: Context, *, epochs, batch_size, lr, momentum, weight_decay, fract
     References:
         Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency in Both Image
         Classification and Generation", ICLR 2024; OPTML-Group/Unlearn-Saliency ``Classification/
-        generate_mask.py``, ``unlearn/RL.py``, ``README.md``.
+        generate_mask.py``, ``unlearn/RL.py``, ``README.md``, ``arg_parser.py`` (read at commit a6e89fd).
     """
     return _random_label_method(ctx, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, fraction=fraction)
