@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 # --conv values: the library's table, shared with the CLI (importing it initialises no device).
-from jax_unlearn.jobs import CONV_LOWERINGS, conv_spec  # noqa: F401  (re-exported for the scripts)
+from jax_unlearn.models.factory import (CONV_CHOICES, CONV_LOWERINGS, conv_spec,  # noqa: F401  (re-exported)
+                                        resolve_conv)
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "torchvision")

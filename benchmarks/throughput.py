@@ -67,8 +67,8 @@ def parse_args(argv):
     p.add_argument("--model", choices=("resnet18", "tiny"), default="resnet18",
                    help="tiny: ResNet(stage_sizes=(1, 1), width=8), for smoke tests only")
     p.add_argument("--no-ceiling", action="store_true", help="skip the single-model batch K·B points")
-    p.add_argument("--conv", default="xla", help=f"conv lowerings to measure (comma-separated): "
-                   f"{', '.join(common.CONV_LOWERINGS)}")
+    p.add_argument("--conv", default="auto", help=f"conv lowerings to measure (comma-separated): "
+                   f"{', '.join(common.CONV_CHOICES)} (auto: the platform's default, recorded resolved)")
     p.add_argument("--lane-map", default="0", help="lanes per lax.map group (comma-separated); 0: plain vmap")
     p.add_argument("--no-donate", action="store_true", help="do not donate the train state to the step")
     p.add_argument("--quick", action="store_true", help=f"tiny grid for CPU smoke tests: {QUICK}")
@@ -83,8 +83,8 @@ def parse_args(argv):
     except argparse.ArgumentTypeError as e:
         p.error(str(e))
     args.conv = [c for c in args.conv.split(",") if c]
-    if not args.conv or any(c not in common.CONV_LOWERINGS for c in args.conv):
-        p.error(f"--conv must be a subset of {list(common.CONV_LOWERINGS)}, got {args.conv}")
+    if not args.conv or any(c not in common.CONV_CHOICES for c in args.conv):
+        p.error(f"--conv must be a subset of {list(common.CONV_CHOICES)}, got {args.conv}")
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     if any(d not in ("float32", "bfloat16") for d in args.dtypes):
         p.error(f"--dtypes must be float32 and/or bfloat16, got {args.dtypes}")
@@ -94,17 +94,17 @@ def parse_args(argv):
     return args
 
 
-def make_model(name: str, dtype: str, conv: str = "xla"):
-    """ResNet-18 (``jobs.make_model``) or the tiny smoke-test ResNet, in compute ``dtype``, convolutions
-    lowered as the ``--conv`` value ``conv`` says."""
+def make_model(name: str, dtype: str, conv: str = "auto"):
+    """ResNet-18 (``jax_unlearn.models.make_model``) or the tiny smoke-test ResNet, in compute ``dtype``,
+    convolutions lowered as the ``--conv`` value ``conv`` says."""
     import jax.numpy as jnp
 
-    from jax_unlearn.jobs import make_model as resnet18
     from jax_unlearn.models import ResNet
+    from jax_unlearn.models import make_model as resnet18
 
     if name == "tiny":
         return ResNet(stage_sizes=(1, 1), num_classes=10, width=8, dtype=jnp.dtype(dtype), **common.conv_spec(conv))
-    return resnet18(10, dtype=dtype, **common.conv_spec(conv))
+    return resnet18(10, dtype=dtype, conv=conv)
 
 
 class Setup(NamedTuple):
@@ -238,7 +238,7 @@ def run_grid(args, on_row: Callable[[list[dict]], None] = lambda rows: None) -> 
 
     rows = []
     common_kw = dict(steps=args.steps, warmup=args.warmup, repeats=args.repeats, donate=not args.no_donate)
-    for conv in args.conv:
+    for conv in dict.fromkeys(common.resolve_conv(c) for c in args.conv):  # 'auto' recorded resolved
         for dtype in args.dtypes:
             setup = make_setup(make_model(args.model, dtype, conv), args.pool, args.image_size)
             points = [("lanes", k, b, m) for b in args.batch for k in args.lanes

@@ -27,10 +27,11 @@ default precision); ``--dtype bfloat16`` changes the JAX side only and is not ap
 size that leaves a last batch of 1 is refused (torch's train-mode BatchNorm, and so the notebook, fails).
 
 JAX program variants, the same function each: ``--conv`` lowers the convolutions as XLA convolutions
-(``xla``, default), im2col + batched GEMMs (``gemm``) or GEMM blocks with an XLA stem (``gemm-body``)
+(``xla``), im2col + batched GEMMs (``gemm``) or GEMM blocks with an XLA stem (``gemm-body``); ``auto`` (default)
+is the platform's default lowering (:data:`jax_unlearn.models.AUTO_LOWERING`), recorded resolved
 (:data:`common.CONV_LOWERINGS`); ``--lane-map M`` computes the K lanes as ``lax.map`` over K/M groups of M
 vmapped lanes (:func:`common.vmap_lanes`). Nothing is donated here: every chunk reuses the start weights
-and the data, and its outputs are new buffers. The original model is trained with the default ``xla``.
+and the data, and its outputs are new buffers. The original model is trained with the platform's default lowering.
 
 Usage (from the repository root)::
 
@@ -85,7 +86,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="data split seed and base seed of the runs")
     p.add_argument("--device", default="auto", help="torch device: auto, cuda, cpu (JAX follows: cpu forces CPU)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="JAX compute dtype")
-    p.add_argument("--conv", choices=tuple(common.CONV_LOWERINGS), default="xla",
+    p.add_argument("--conv", choices=common.CONV_CHOICES, default="auto",
                    help="how the JAX model lowers its convolutions (same function; see benchmarks/common.py)")
     p.add_argument("--lane-map", type=int, default=0,
                    help="JAX: lax.map over groups of this many vmapped lanes (0: plain vmap over all K)")
@@ -257,11 +258,11 @@ def _jax_worker(args, work: Path) -> dict:
     from jax_unlearn.data.types import Normalization
     from jax_unlearn.engine.run import RunConfig, make_run, seed_keys
     from jax_unlearn.engine.train import Context, accuracy
-    from jax_unlearn.jobs import make_model
     from jax_unlearn.methods import build_method
+    from jax_unlearn.models import make_model, resolve_conv
 
     splits, (scale, mean, std) = _load(work)
-    ctx = Context(make_model(10, dtype=args.dtype, **common.conv_spec(args.conv)), Normalization(scale, mean, std),
+    ctx = Context(make_model(10, dtype=args.dtype, conv=args.conv), Normalization(scale, mean, std),
                   {s: len(splits[s][1]) for s in SPLITS})
     method = build_method("finetune", ctx, **RECIPE)  # the same hyper-parameters, by name
     run = make_run(ctx, method, RunConfig(track=False))
@@ -288,7 +289,7 @@ def _jax_worker(args, work: Path) -> dict:
             accs[int(ids[lane])] = scores(jax.tree_util.tree_map(lambda a: a[lane], variables))
     # One process, chunks back to back: its wall time is the sum of the chunk times (evaluations excluded).
     return dict(ids=list(range(args.runs)), times=times, start=start, end=start + sum(times), compile_s=compile_s,
-                upload_s=upload_s, lanes=k, chunks=n_chunks, conv=args.conv, lane_map=args.lane_map,
+                upload_s=upload_s, lanes=k, chunks=n_chunks, conv=resolve_conv(args.conv), lane_map=args.lane_map,
                 peak=common.jax_peak_bytes(),
                 memory_plan=common.compiled_memory(compiled), accs=accs, original_acc=scores(start_vars),
                 device=common.jax_device_info(), host_peak_rss=common.host_peak_rss_bytes())

@@ -87,20 +87,23 @@ def _set_arg(p: argparse.ArgumentParser, help: str) -> None:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     """--dtype and --conv: the compute dtype and the conv lowering of the model (see :func:`_model`)."""
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    from jax_unlearn.jobs import CONV_LOWERINGS
+    from jax_unlearn.models import CONV_CHOICES
 
-    p.add_argument("--conv", choices=tuple(CONV_LOWERINGS), default="xla",
-                   help="how convolutions are lowered (the same function and weights either way): XLA's "
-                        "convolution, im2col + GEMM everywhere, or im2col + GEMM except the stem")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--conv", choices=CONV_CHOICES, default="auto",
+                   help="how convolutions are lowered (the same function and weights either way): 'auto' picks "
+                        "the fastest measured on this platform (gemm on CPU, xla on GPU); XLA's convolution; "
+                        "im2col + GEMM everywhere; im2col + GEMM except the stem")
 
 
 def _model(args, num_classes: int):
-    """The ResNet-18 of ``--dtype`` / ``--conv``. The lowering is not part of a run's config: a folder
-    started with one lowering resumes with another (same function, same variables)."""
-    from jax_unlearn.jobs import conv_spec, make_model
+    """The ResNet-18 of ``--dtype`` / ``--conv``, its resolved lowering printed. Runs record the resolved
+    lowering in ``config.json["conv"]``: a folder is resumed only with the same one."""
+    from jax_unlearn.models import lowering_of, make_model
 
-    return make_model(num_classes, dtype=args.dtype, **conv_spec(args.conv))
+    model = make_model(num_classes, dtype=args.dtype, conv=args.conv)
+    print(f"conv lowering: {lowering_of(model)}" + (" (auto)" if args.conv == "auto" else ""))
+    return model
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:

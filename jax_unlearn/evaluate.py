@@ -43,7 +43,7 @@ from converters import atomic_write
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, UnlearningData
 from jax_unlearn.evaluate_sweep import check_reference, format_sweep, score_sweep, sweep_lanes
 from jax_unlearn.engine.train import Context, predict
-from jax_unlearn.jobs import make_model
+from jax_unlearn.models import make_model
 from jax_unlearn.metrics import (cross_entropy_per_example, final_score, kit_mia, logit_scaled_confidence,
                                  per_example_epsilon, score_from_epsilons, svc_mia_efficacy)
 from jax_unlearn.runs import RunFolder, write_json

@@ -19,43 +19,9 @@ from jax_unlearn.engine.run import (RunConfig, context_for, default_chunk_size, 
                                     primary_answer, run_seeds, sync_processes)
 from jax_unlearn.methods import build_method, get_method
 from jax_unlearn.methods.finetune import original
-from jax_unlearn.models import ResNet18
-from jax_unlearn.models.conv import check_impl
+from jax_unlearn.models import lowering_of, make_model
 from jax_unlearn.runs import RunFolder
 from jax_unlearn.sweep import plan_sweep, split_hyper
-
-
-# How the ResNet's convolutions are lowered (jax_unlearn.models.conv) — the CLI's and the benchmarks'
-# ``--conv`` values, as (conv_impl, stem_conv_impl) for :func:`make_model`. All three are the same function.
-CONV_LOWERINGS = {
-    "xla": ("xla", None),          # lax.conv_general_dilated everywhere (default; grouped convs under vmap)
-    "gemm": ("gemm", None),        # im2col + GEMM everywhere: no convolution op in the vmapped program
-    "gemm-body": ("gemm", "xla"),  # GEMM for the blocks, XLA's conv for the 7×7 stem (no input gradient)
-}
-
-
-def conv_spec(name: str) -> dict[str, str | None]:
-    """:func:`make_model` keywords for a ``--conv`` value (see :data:`CONV_LOWERINGS`); ValueError if unknown."""
-    if name not in CONV_LOWERINGS:
-        raise ValueError(f"unknown --conv {name!r}; valid: {', '.join(CONV_LOWERINGS)}")
-    conv_impl, stem_conv_impl = CONV_LOWERINGS[name]
-    return {"conv_impl": conv_impl, "stem_conv_impl": stem_conv_impl}
-
-
-def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32", *, conv_impl: str = "xla",
-               stem_conv_impl: str | None = None):
-    """The ResNet-18 every job uses; ``dtype`` the compute dtype (``float32`` or ``bfloat16``).
-
-    ``conv_impl`` lowers every conv as XLA's convolution (``'xla'``, default) or as im2col + GEMM
-    (``'gemm'``: no grouped convolutions under ``vmap`` over lanes); ``stem_conv_impl`` overrides it for the
-    stem (None: as ``conv_impl``). Same function and same variables either way (:mod:`jax_unlearn.models.conv`).
-    """
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"unknown dtype {dtype!r}; valid: float32, bfloat16")
-    for impl in (conv_impl, stem_conv_impl or conv_impl):
-        check_impl(impl)
-    return ResNet18(num_classes=num_classes, stem=stem, dtype=jnp.dtype(dtype), conv_impl=conv_impl,
-                    stem_conv_impl=stem_conv_impl)
 
 
 def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *, start_variables=None,
@@ -63,12 +29,14 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
                    hyper: Mapping[str, Any] | None = None, run_config: RunConfig = RunConfig(),
                    class_counts=None, stem: str = "imagenet", dtype: str = "float32",
                    extra_config: Mapping[str, Any] | None = None, progress: bool | None = None,
-                   model=None) -> RunFolder:
+                   model=None, conv: str = "auto") -> RunFolder:
     """Run ``n_seeds`` seeds of ``method`` from ``start_variables`` into the run folder ``out``.
 
     Seed ``i`` uses key ``fold_in(key(base_seed), i)``. A folder holding the same config resumes (finished
     chunks are kept); one holding another config is refused. ``start_variables`` may be None only for
-    methods that train from scratch (``retrain``). ``model`` overrides the ResNet-18 (tests use tiny ones).
+    methods that train from scratch (``retrain``). ``conv`` is the convolution lowering
+    (:func:`jax_unlearn.models.make_model`; ``'auto'``: the fastest measured on this platform), recorded
+    resolved as ``config.json["conv"]``. ``model`` overrides the ResNet-18 (tests use tiny ones).
 
     Sweeps: list-valued ``hyper`` entries (e.g. ``{'lr': [1e-3, 1e-2]}``) run every setting of their grid
     with ``n_seeds`` lanes each in one vmapped program (:mod:`jax_unlearn.sweep`); the folder then holds
@@ -78,7 +46,7 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     info = get_method(method)
     if n_seeds < 1:
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
-    model = model if model is not None else make_model(data.num_classes, stem, dtype)
+    model = model if model is not None else make_model(data.num_classes, stem, dtype, conv)
     ctx = context_for(data, model, class_counts)
     plan = plan_sweep(method, ctx, hyper, n_seeds) if split_hyper(hyper)[1] else None
     if plan is not None:  # list-valued hyper-parameters: n_seeds lanes per setting, one program
@@ -97,7 +65,7 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     config = {"method": method, "hyper": {**info.defaults, **hyper}, "n_seeds": n_seeds, "base_seed": base_seed,
               "chunk_size": chunk_size, "track": run_config.track, "track_max": run_config.track_max,
               "snapshot_every": run_config.snapshot_every, "num_classes": data.num_classes, "stem": stem,
-              "dtype": dtype, "data": dict(data.description), **(extra_config or {})}
+              "dtype": dtype, "conv": lowering_of(model), "data": dict(data.description), **(extra_config or {})}
     if plan is not None:
         config["sweep"] = {"seeds_per_setting": seeds_per_setting,
                            "lane_hyper": {k: v.tolist() for k, v in plan.lane_hyper.items()}}
@@ -124,12 +92,12 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
 
 
 def train_original(data: UnlearningData, *, seed: int = 10_000, class_counts=None, stem: str = "imagenet",
-                   dtype: str = "float32", model=None, **hyper):
+                   dtype: str = "float32", model=None, conv: str = "auto", **hyper):
     """One original model (retain ∪ forget) with the official recipe (``retrain`` defaults, overridable).
 
     Returns ``(variables, metrics)``. The seed is kept apart from the unlearning/retrain seeds.
     """
-    model = model if model is not None else make_model(data.num_classes, stem, dtype)
+    model = model if model is not None else make_model(data.num_classes, stem, dtype, conv)
     ctx = context_for(data, model, class_counts)
     m = original(ctx, **{**get_method("retrain").defaults, **hyper})
     run = jax.jit(make_run(ctx, m, RunConfig(track=True)))

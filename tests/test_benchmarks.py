@@ -95,9 +95,10 @@ def test_throughput_quick_writes_json_markdown_and_plot(tmp_path):
     assert len(row["timing"]["times_s"]) == 2
     assert on_disk["config"]["steps"] == 2 and on_disk["device_info"]["backend"] == "cpu"
     assert "target_64x64_bf16" not in on_disk
-    assert row["conv"] == "xla" and row["lane_map"] == 0 and row["donate"] is True
-    assert on_disk["config"]["conv"] == ["xla"] and on_disk["config"]["lane_map"] == [0]
-    assert "| xla | float32 | 8 | 2 | — | 16 |" in out.with_suffix(".md").read_text()
+    # --conv defaults to 'auto', recorded resolved in the rows: the platform's lowering (gemm on CPU).
+    assert row["conv"] == "gemm" and row["lane_map"] == 0 and row["donate"] is True
+    assert on_disk["config"]["conv"] == ["auto"] and on_disk["config"]["lane_map"] == [0]
+    assert "| gemm | float32 | 8 | 2 | — | 16 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
@@ -188,7 +189,7 @@ def test_lane_map_program_trains_the_same_lanes_as_plain_vmap():
 
 def test_conv_spec_maps_names_to_make_model_keywords():
     assert common.conv_spec("gemm-body") == {"conv_impl": "gemm", "stem_conv_impl": "xla"}
-    with pytest.raises(ValueError, match="unknown --conv"):
+    with pytest.raises(ValueError, match="unknown conv lowering"):
         common.conv_spec("cudnn")
     with pytest.raises(SystemExit):
         uvp.parse_args(["--conv", "cudnn"])

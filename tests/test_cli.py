@@ -19,7 +19,7 @@ from jax_unlearn.cli_jobs import _data_args, load_data
 from jax_unlearn.data.types import SPLITS
 from jax_unlearn.engine.run import context_for
 from jax_unlearn.evaluate import population_outputs
-from jax_unlearn.jobs import make_model
+from jax_unlearn.models import make_model
 from jax_unlearn.methods.sisa import aggregate_probs
 from jax_unlearn.metrics import final_score, forgetting_quality
 from jax_unlearn.runs import RunFolder
@@ -60,15 +60,18 @@ def test_methods_lists_every_method_of_the_library(capsys, markdown):
     assert sorted(listed) == sorted(ISSUE_METHODS)
 
 
-@pytest.mark.parametrize("conv", ["xla", "gemm", "gemm-body"])
-def test_conv_flag_picks_the_lowering(conv):
+@pytest.mark.parametrize("conv", ["xla", "gemm", "gemm-body", "auto"])
+def test_conv_flag_picks_the_lowering(conv, capsys):
     from jax_unlearn.cli_jobs import _model_args, _model
 
     p = argparse.ArgumentParser()
     _model_args(p)
     model = _model(p.parse_args(["--conv", conv, "--dtype", "bfloat16"]), 10)
-    assert (model.conv_impl, model.stem_conv_impl, model.dtype) == {
-        "xla": ("xla", None), "gemm": ("gemm", None), "gemm-body": ("gemm", "xla")}[conv] + (jnp.bfloat16,)
+    assert (model.conv_impl, model.stem_conv_impl, model.dtype) == {  # auto: gemm on this CPU
+        "xla": ("xla", None), "gemm": ("gemm", None), "gemm-body": ("gemm", "xla"), "auto": ("gemm", None),
+    }[conv] + (jnp.bfloat16,)
+    resolved = "gemm" if conv == "auto" else conv
+    assert f"conv lowering: {resolved}" in capsys.readouterr().out  # the resolved lowering is printed
     with pytest.raises(SystemExit):
         p.parse_args(["--conv", "winograd"])
 
@@ -81,7 +84,8 @@ def test_every_command_that_trains_takes_dtype_and_conv(command):
     p = argparse.ArgumentParser()
     add_arguments(p)
     dests = {a.dest: a for a in p._actions}
-    assert dests["conv"].choices == ("xla", "gemm", "gemm-body") and dests["dtype"].default == "float32"
+    assert dests["conv"].choices == ("auto", "xla", "gemm", "gemm-body") and dests["conv"].default == "auto"
+    assert dests["dtype"].default == "float32"
 
 
 def test_nonsense_values_fail_clearly(tmp_path, capsys):

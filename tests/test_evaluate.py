@@ -18,7 +18,8 @@ from jax_unlearn.data.types import SPLITS, DataError, Normalization, Split, Unle
 from jax_unlearn.engine.run import RunConfig
 from jax_unlearn.evaluate import competition, evaluate, format_summary, population_outputs
 from jax_unlearn.evaluate_sweep import check_reference, format_sweep, score_sweep, sweep_lanes
-from jax_unlearn.jobs import make_model, run_population
+from jax_unlearn.jobs import run_population
+from jax_unlearn.models import make_model
 from jax_unlearn.metrics import final_score, forgetting_quality, logit_scaled_confidence
 from jax_unlearn.models import init_variables
 from jax_unlearn.report_plots import pick_examples

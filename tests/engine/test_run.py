@@ -99,7 +99,7 @@ def test_population_chunks_resume_and_export(tmp_path, tiny_data, tiny_model, st
 
 
 def test_export_writes_n_pth_files_and_a_zip_of_exactly_n(tmp_path, tiny_data):
-    from jax_unlearn.jobs import make_model
+    from jax_unlearn.models import make_model
 
     model = make_model(tiny_data.num_classes)  # export needs the real ResNet-18 layout
     start = init_variables(model, jax.random.key(0))

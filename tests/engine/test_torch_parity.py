@@ -24,7 +24,7 @@ import converters
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
 from jax_unlearn.engine.batches import epoch_batches
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
-from jax_unlearn.jobs import make_model
+from jax_unlearn.models import make_model
 from jax_unlearn.methods import build_method
 from torch_reference import random_torch_resnet18, rel_err
 

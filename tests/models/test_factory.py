@@ -1,0 +1,37 @@
+"""The model factory and the ``conv='auto'`` table: resolution per platform, recorded lowering."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jax_unlearn.models import (AUTO_LOWERING, CONV_CHOICES, CONV_LOWERINGS, ResNet, lowering_of, make_model,
+                                resolve_conv)
+
+
+def test_auto_resolves_per_platform_from_one_table():
+    assert resolve_conv("auto", "cpu") == "gemm"  # measured fastest inside lax.scan on XLA:CPU
+    assert resolve_conv("auto", "gpu") == "xla"   # GPU keeps XLA's convolution until measured otherwise
+    assert resolve_conv("auto", "some-new-backend") == "xla"
+    assert resolve_conv("auto") == AUTO_LOWERING[jax.devices()[0].platform]
+    assert set(AUTO_LOWERING.values()) <= set(CONV_LOWERINGS)
+    for name in CONV_LOWERINGS:  # explicit names are never changed by the platform
+        assert resolve_conv(name, "cpu") == resolve_conv(name, "gpu") == name
+
+
+def test_unknown_lowering_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid: auto, xla, gemm, gemm-body"):
+        resolve_conv("winograd")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        make_model(10, dtype="float16")
+
+
+@pytest.mark.parametrize("conv", CONV_CHOICES)
+def test_make_model_records_its_resolved_lowering(conv):
+    model = make_model(10, conv=conv)
+    assert lowering_of(model) == resolve_conv(conv)
+    assert model.num_classes == 10 and model.dtype == jnp.float32
+
+
+def test_lowering_of_a_custom_model():
+    assert lowering_of(ResNet(stage_sizes=(1,), width=4)) == "xla"
+    assert lowering_of(ResNet(stage_sizes=(1,), width=4, conv_impl="gemm", stem_conv_impl="gemm")) == "gemm"
+    assert lowering_of(ResNet(stage_sizes=(1,), width=4, conv_impl="xla", stem_conv_impl="gemm")) == "xla+stem-gemm"
