@@ -5,8 +5,9 @@ The ``train`` split (retain ∪ forget; positions ``0 … n_retain−1`` are ret
 partitioned per seed into S disjoint shards; S models — one per shard, all from scratch — are trained as
 one ``jax.vmap`` over shards; the ensemble predicts by averaging the shards' softmax. Unlearning the
 forget set drops its examples from their shards and retrains exactly the shards that held any of them:
-the result is what SISA training on the retain set alone would have produced (exact unlearning), at
-the cost of the retrained shards only.
+the result is what SISA training would have produced had those examples never been in their shards
+(same partition, same keys; it reads no forgotten example: exact unlearning), at the cost of the
+retrained shards only.
 
 This is an ensemble of S models, not one ResNet-18, so it does not fit the single-model
 :class:`~jax_unlearn.methods.Method` protocol (nor the .pth export of one model per seed) and is not in
@@ -16,8 +17,9 @@ and :func:`aggregate_probs` / :func:`aggregate_log_probs` for the ensemble's pre
 
 References:
   Bourtoule et al., "Machine Unlearning", IEEE S&P 2021 (arXiv:1912.03817); code:
-  cleverhans-lab/machine-unlearning (``distribution.py``: uniform split, ``sisa.py``: per-shard training,
-  defaults epochs 20, batch 16, SGD lr 1e-3; ``aggregation.py``: uniform weights over the shards).
+  cleverhans-lab/machine-unlearning, read at commit 50a3ada (``distribution.py``: uniform split,
+  ``sisa.py``: per-shard training, defaults epochs 20, batch 16, SGD lr 1e-3, constant; ``sharded.py``
+  ``fetchShardBatch``: the batches; ``aggregation.py``: uniform weights over the shards).
 
 Ambiguities and choices:
   * Partition: the reference splits a (pre-shuffled) index range with ``np.split`` at ``t·(n // S)`` —
@@ -28,14 +30,21 @@ Ambiguities and choices:
   * Aggregation: the reference's default votes with one-hot argmax outputs (``--output_type argmax``);
     it also offers softmax outputs. We average softmax probabilities (uniform weights), which gives the
     ensemble a confidence for the competition's forget statistic (:func:`aggregate_log_probs`).
-  * Optimiser: the reference uses plain ``SGD(lr)``/``Adam(lr)`` with no momentum, weight decay or
-    schedule; we use the engine's torch-exact optimisers with ``CosineAnnealingLR(T_max=epochs)`` per
-    epoch (the challenge recipes' schedule; ``momentum=0, weight_decay=0`` by default).
-  * Static shapes: every shard keeps ``m = n − (S−1)·(n // S)`` slots and a membership mask. An epoch
-    visits the shard's members in a fresh random order, in ``ceil(members / batch)`` real batches
-    (``DataLoader(shuffle=True, drop_last=False)`` over the members); the remaining all-padding steps are
-    skipped (``lax.cond``: no update, no optimiser step). Non-member slots are replaced by zeros before
-    the forward pass, so a retrained shard's computation never reads a forgotten image.
+  * Optimiser: as the reference by default — plain ``SGD(lr)`` (or ``Adam(lr)``), no momentum, weight
+    decay or schedule (``schedule='constant'``). ``schedule='cosine'`` adds ``CosineAnnealingLR(T_max=
+    epochs)`` stepped per epoch (the challenge recipes' schedule); ``momentum``/``weight_decay`` can be set.
+  * Batches: as the reference's ``fetchShardBatch`` by default (``shuffle=False``): every epoch walks the
+    shard in the same order (its slots, i.e. the seeded permutation's order) in fixed blocks of
+    ``batch_size`` slots; an unlearned example leaves a hole in its block (the block shrinks, the others
+    do not move: ``np.setdiff1d(shard[b·B:(b+1)·B], requests)``), so a retrained shard sees exactly the
+    reference's batches. The reference's data order comes from its pre-shuffled dataset file
+    (``train_test_split`` in ``prepare_data.py``) and ``np.split`` of ``arange``; ours from the seed's
+    permutation. Blocks left empty are skipped (the reference would step on an empty batch, a NaN loss).
+    ``shuffle=True`` instead visits the members in a fresh random order every epoch, packed into
+    ``ceil(members / batch)`` batches (``DataLoader(shuffle=True, drop_last=False)``).
+  * Static shapes: every shard keeps ``m = n − (S−1)·(n // S)`` slots and a membership mask; all-padding
+    steps are skipped (``lax.cond``: no update, no optimiser step). Non-member slots are replaced by zeros
+    before the forward pass, so a retrained shard's computation never reads a forgotten image.
   * Cost: inside ``unlearn``'s one compiled program all S shards are computed and the unaffected ones'
     results are discarded (``jnp.where``; their parameters stay bit-identical); it reports the saving SISA
     promises (shards and examples retrained, as fractions). ``train_shards`` computes only the affected
@@ -61,7 +70,9 @@ from jax_unlearn.methods.finetune import inverse_count_weights
 SUMMARY = "SISA: S shard models from scratch, softmax-averaged; unlearning retrains only the shards that held forget data"
 REFERENCE = "Bourtoule et al., IEEE S&P 2021, 'Machine Unlearning' / cleverhans-lab/machine-unlearning"
 DEFAULTS = dict(num_shards=5, epochs=20, batch_size=16, optimizer="sgd", lr=1e-3, momentum=0.0,
-                weight_decay=0.0)  # cleverhans-lab/machine-unlearning sisa.py / paper defaults
+                weight_decay=0.0, schedule="constant", shuffle=False)  # cleverhans-lab/machine-unlearning
+# sisa.py (argparse defaults, plain SGD, no scheduler) and sharded.py fetchShardBatch (fixed batches)
+SCHEDULES = ("constant", "cosine")
 
 
 class Shards(NamedTuple):
@@ -107,17 +118,23 @@ def check_hyper(hyper) -> None:
         value = hyper.get(name, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"sisa: {name} must be a positive integer, got {value!r}")
+    if hyper.get("schedule", "constant") not in SCHEDULES:
+        raise ValueError(f"sisa: schedule must be one of {SCHEDULES}, got {hyper['schedule']!r}")
+    if not isinstance(hyper.get("shuffle", False), bool):
+        raise ValueError(f"sisa: shuffle must be true or false, got {hyper['shuffle']!r}")
 
 
 def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int = 16, optimizer: str = "sgd",
-         lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0, class_weighted: bool = False,
-         augment: bool = False) -> Sisa:
+         lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0, schedule: str = "constant",
+         shuffle: bool = False, class_weighted: bool = False, augment: bool = False) -> Sisa:
     """SISA over ``ctx``'s ``train`` split with ``num_shards`` shards (see the module docstring).
 
     Each shard model is a fresh ResNet (torchvision init from the shard's key) trained for ``epochs`` on
     its members with cross-entropy (class-weighted ``1/count`` by ``ctx.class_counts`` when
-    ``class_weighted``), torch ``SGD(lr, momentum, weight_decay)`` or ``Adam(lr, weight_decay)``, and
-    ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch (per ``ceil(members / batch_size)`` steps).
+    ``class_weighted``), torch ``SGD(lr, momentum, weight_decay)`` or ``Adam(lr, weight_decay)`` at a
+    constant ``lr`` (``schedule='cosine'``: ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch, per
+    ``ceil(members / batch_size)`` steps), in the reference's fixed batches (``shuffle=True``: reshuffled
+    every epoch; see the module docstring).
 
     * ``partition(key) -> Shards``: a permutation of the n train positions from ``key``, split at
       ``t·(n // S)``.
@@ -138,7 +155,7 @@ def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int
       ints), each exactly as ``train`` trains it; ``unlearn`` without computing the unaffected shards
       (``jax_unlearn.sisa_job`` uses it, so its wall-time saving is real).
     """
-    check_hyper({"epochs": epochs, "batch_size": batch_size})
+    check_hyper({"epochs": epochs, "batch_size": batch_size, "schedule": schedule, "shuffle": shuffle})
     n, n_retain = ctx.size("train"), ctx.size("retain")
     q, m = _shard_layout(n, num_shards)
     steps = math.ceil(m / batch_size)
@@ -157,7 +174,8 @@ def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int
         k_init, k_epochs = jax.random.split(key)
         count = jnp.sum(member)
         real_steps = jnp.maximum(1, (count + batch_size - 1) // batch_size)
-        hyper = dict(learning_rate=cosine_annealing_per_epoch(lr, epochs, real_steps), weight_decay=weight_decay)
+        rate = cosine_annealing_per_epoch(lr, epochs, real_steps) if schedule == "cosine" else lr
+        hyper = dict(learning_rate=rate, weight_decay=weight_decay)
         if optimizer == "sgd":
             hyper["momentum"] = momentum
         tx = make_optimizer(optimizer, **hyper)
@@ -165,11 +183,16 @@ def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int
 
         def epoch(state, e):
             k_perm, k_aug = jax.random.split(jax.random.fold_in(k_epochs, e))
-            perm = jax.random.permutation(k_perm, m)
-            order = perm[jnp.argsort(~member[perm], stable=True)]  # members first, in random order
-            idx = jnp.concatenate([order, jnp.zeros((steps * batch_size - m,), order.dtype)])
-            idx = idx.reshape(steps, batch_size)
-            mask = (jnp.arange(steps * batch_size) < count).reshape(steps, batch_size)
+            pad = jnp.zeros((steps * batch_size - m,), jnp.int32)
+            if shuffle:
+                perm = jax.random.permutation(k_perm, m)
+                order = perm[jnp.argsort(~member[perm], stable=True)]  # members first, in random order
+                idx = jnp.concatenate([order, pad]).reshape(steps, batch_size)
+                mask = (jnp.arange(steps * batch_size) < count).reshape(steps, batch_size)
+            else:  # fixed blocks of slots; unlearned (and padding) slots are holes in their block
+                idx = jnp.arange(steps * batch_size, dtype=jnp.int32).reshape(steps, batch_size)
+                mask = jnp.concatenate([member, jnp.zeros(pad.shape, bool)]).reshape(steps, batch_size)
+                idx = jnp.where(mask, idx, 0)
 
             def body(state, inp):
                 i, bidx, bmask = inp

@@ -12,10 +12,12 @@ import pytest
 from engine.conftest import synthetic_split  # tests/ is on sys.path (tests/conftest.py)
 from jax_unlearn.data.types import Normalization, UnlearningData
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
-from jax_unlearn.engine.train import Context, predict
+from jax_unlearn.engine.losses import cross_entropy
+from jax_unlearn.engine.optim import torch_sgd
+from jax_unlearn.engine.train import Context, create_state, predict, supervised_step, variables_of
 from jax_unlearn.methods.finetune import supervised
-from jax_unlearn.methods.sisa import Shards, aggregate_log_probs, aggregate_probs, make_sisa_run, sisa
-from jax_unlearn.models import ResNet
+from jax_unlearn.methods.sisa import DEFAULTS, Shards, aggregate_log_probs, aggregate_probs, make_sisa_run, sisa
+from jax_unlearn.models import ResNet, init_variables
 from jax_unlearn.runs import RunFolder, RunFolderError
 from jax_unlearn.sisa_job import run_sisa
 from trees import lane, max_rel  # tests/ is on sys.path (tests/conftest.py)
@@ -75,18 +77,56 @@ def test_partition_is_the_references_uniform_split_of_a_seeded_permutation(setup
         sisa(ctx, num_shards=N_TRAIN + 1)
 
 
-def test_shard_training_is_the_supervised_recipe_on_the_shard(setup, runs, vmapped):
-    """A full shard trains exactly like ``supervised`` from scratch on a split holding the shard's data."""
+def test_defaults_are_the_references():
+    """cleverhans-lab/machine-unlearning sisa.py argparse defaults (epochs 20, batch 16, SGD, lr 1e-3, no
+    momentum / weight decay / scheduler) and sharded.py's fixed batches (no reshuffling)."""
+    assert DEFAULTS == dict(num_shards=5, epochs=20, batch_size=16, optimizer="sgd", lr=1e-3, momentum=0.0,
+                            weight_decay=0.0, schedule="constant", shuffle=False)
+    with pytest.raises(ValueError, match="schedule"):
+        make_sisa_run(None, schedule="step")
+
+
+def test_default_training_walks_the_references_fixed_blocks_at_a_constant_rate(setup, runs):
+    """Brute force of the reference's loop (sisa.py over sharded.py ``fetchShardBatch``): every epoch the
+    shard's blocks of ``batch_size`` slots in the same order, each a batch of only the block's remaining
+    members (unlearned ones dropped, the block shrinks), one SGD step of constant lr per non-empty block.
+    Checked on a retrained shard, whose blocks have holes."""
+    ctx, data = setup
+    keys, _, single = runs
+    out = single(keys[0], data, _partition(ctx, keys[0]))
+    index, member = np.asarray(out["shards"].index), np.asarray(out["shards"].member)
+    s = int(np.flatnonzero(np.asarray(out["report"]["affected"]))[0])
+    bs, m = HYPER["batch_size"], index.shape[1]
+    blocks = [index[s, b:b + bs][member[s, b:b + bs]] for b in range(0, m, bs)]
+    assert any(0 < len(blk) < min(bs, m - b) for blk, b in zip(blocks, range(0, m, bs)))  # a hole somewhere
+    tx = torch_sgd(HYPER["lr"], HYPER["momentum"])
+    step = jax.jit(supervised_step(ctx, tx, cross_entropy), compiler_options=FAST)
+    key = jax.random.fold_in(jax.random.split(keys[0])[1], s)  # the shard's training key
+    state = create_state(init_variables(ctx.model, jax.random.split(key)[0]), tx)
+    images, labels = data["train"]
+    for _ in range(HYPER["epochs"]):
+        for blk in blocks:
+            if len(blk):
+                state, _ = step(state, images[blk], labels[blk], jnp.ones(len(blk), bool))
+    assert max_rel(lane(out["unlearned"], s), variables_of(state)) <= 1e-5
+
+
+def test_shuffled_cosine_option_is_the_supervised_recipe_on_the_shard(setup, runs):
+    """With ``shuffle=True, schedule='cosine'`` a full shard trains exactly like ``supervised`` (reshuffled
+    every epoch, CosineAnnealingLR per epoch) from scratch on a split holding the shard's data."""
     ctx, data = setup
     key = runs[0][0]
-    index = np.asarray(_partition(ctx, key).index[2])
+    shards = _partition(ctx, key)
+    index = np.asarray(shards.index[2])
+    fns = sisa(ctx, **HYPER, shuffle=True, schedule="cosine")
+    models, _ = jax.jit(fns.train, compiler_options=FAST)(jax.random.split(key)[1], shards, data)
     shard_data = {"shard": (data["train"][0][index], data["train"][1][index])}
     shard_ctx = Context(ctx.model, ctx.normalization, {"shard": len(index)}, ctx.class_counts)
     recipe = supervised(shard_ctx, split="shard", epochs=2, batch_size=8, optimizer="sgd", lr=0.05, momentum=0.9,
                         weight_decay=0.0, from_scratch=True)
     alone, _ = jax.jit(make_run(shard_ctx, recipe, RunConfig(track=False)), compiler_options=FAST)(
         jax.random.fold_in(jax.random.split(key)[1], 2), None, shard_data)
-    assert max_rel(lane(lane(vmapped["original"], 0), 2), alone) <= 1e-5
+    assert max_rel(lane(models, 2), alone) <= 1e-5
 
 
 def test_unlearning_retrains_only_affected_shards(setup, runs):
