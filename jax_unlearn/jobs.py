@@ -13,14 +13,17 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_unlearn.data.types import UnlearningData
+from jax_unlearn.engine.progress import EpochProgress
 from jax_unlearn.engine.run import (RunConfig, context_for, default_chunk_size, device_data, is_primary, make_run,
                                     primary_answer, run_seeds, sync_processes)
+from jax_unlearn.hyper import check_hyper, check_seeds
 from jax_unlearn.methods import build_method, get_method
 from jax_unlearn.methods.finetune import original
 from jax_unlearn.models import lowering_of, make_model
-from jax_unlearn.runs import RunFolder
+from jax_unlearn.runs import NonFiniteError, RunFolder
 from jax_unlearn.sweep import plan_sweep, split_hyper
 
 
@@ -41,11 +44,16 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     Sweeps: list-valued ``hyper`` entries (e.g. ``{'lr': [1e-3, 1e-2]}``) run every setting of their grid
     with ``n_seeds`` lanes each in one vmapped program (:mod:`jax_unlearn.sweep`); the folder then holds
     ``n_settings * n_seeds`` models and ``config.json['sweep']['lane_hyper']`` says which lane ran what.
+
+    ``progress``: per-epoch progress reported from inside the compiled program (epochs done, img/s over the
+    retain set, ETA; :class:`~jax_unlearn.engine.progress.EpochProgress`) — a tqdm bar when stderr is a
+    terminal, else one line per epoch (None); a bar (True); none, and no hook in the program (False).
     """
-    hyper = dict(hyper or {})
     info = get_method(method)
+    hyper = check_hyper(method, info.defaults, dict(hyper or {}))  # before anything is built or written
     if n_seeds < 1:
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
+    check_seeds(base_seed, n_seeds)
     model = model if model is not None else make_model(data.num_classes, stem, dtype, conv)
     ctx = context_for(data, model, class_counts)
     plan = plan_sweep(method, ctx, hyper, n_seeds) if split_hyper(hyper)[1] else None
@@ -74,9 +82,12 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     # (collective) chunk saves and restores, and all follow process 0's resume plan.
     folder = RunFolder(out)
     if is_primary():
-        folder.start(config, {**data.description, "sizes": data.sizes()})
+        folder.start(config, {**data.description, "sizes": data.sizes(), "digests": data.digests()})
     sync_processes(f"jax-unlearn start {folder.path}")
-    run = make_run(ctx, m if plan is None else plan.build, run_config)
+    # Per-epoch progress from inside the program (a bar on a terminal, else a line per epoch); off: no hook.
+    reporter = None if progress is False else EpochProgress(method, m.num_epochs, ctx.size("retain"),
+                                                            bar=progress)
+    run = make_run(ctx, m if plan is None else plan.build, run_config, on_epoch=reporter)
 
     def save(c, ids, outputs):
         variables, metrics, *snaps = outputs
@@ -86,20 +97,36 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     run_seeds(run, n_seeds, base_seed, start_variables, device_data(data), chunk_size=chunk_size,
               on_chunk=save, done=primary_answer(folder.chunk_done),
               images_per_seed=ctx.size("retain") * m.num_epochs, progress=progress, desc=method,
-              hyper=None if plan is None else plan.lane_hyper)
-    folder.write_metrics()
+              hyper=None if plan is None else plan.lane_hyper, epoch_progress=reporter)
+    folder.check_finite(folder.write_metrics())  # NaN/inf in any lane: NonFiniteError naming seeds and epochs
     return folder
 
 
 def train_original(data: UnlearningData, *, seed: int = 10_000, class_counts=None, stem: str = "imagenet",
-                   dtype: str = "float32", model=None, conv: str = "auto", **hyper):
+                   dtype: str = "float32", model=None, conv: str = "auto", progress: bool | None = None,
+                   **hyper):
     """One original model (retain ∪ forget) with the official recipe (``retrain`` defaults, overridable).
 
-    Returns ``(variables, metrics)``. The seed is kept apart from the unlearning/retrain seeds.
+    Returns ``(variables, metrics)``. The seed is kept apart from the unlearning/retrain seeds. ``progress``
+    as :func:`run_population`'s (None: a bar on a terminal, else a line per epoch; False: none).
     """
     model = model if model is not None else make_model(data.num_classes, stem, dtype, conv)
     ctx = context_for(data, model, class_counts)
-    m = original(ctx, **{**get_method("retrain").defaults, **hyper})
-    run = jax.jit(make_run(ctx, m, RunConfig(track=True)))
-    variables, metrics = run(jax.random.key(seed), None, device_data(data))
+    m = original(ctx, **{**get_method("retrain").defaults, **check_hyper("retrain", get_method("retrain").defaults,
+                                                                       hyper)})
+    reporter = None if progress is False else EpochProgress("original", m.num_epochs, ctx.size("train"),
+                                                            bar=progress)
+    run = jax.jit(make_run(ctx, m, RunConfig(track=True), on_epoch=reporter))
+    if reporter is not None:
+        reporter.start(1)
+        reporter.start_chunk(0, 1)
+    try:
+        variables, metrics = jax.block_until_ready(run(jax.random.key(seed), None, device_data(data)))
+    finally:
+        if reporter is not None:
+            reporter.close()
+    finite = np.asarray(metrics["finite"])
+    if not finite.all():
+        raise NonFiniteError(f"the original model diverged (NaN/inf loss or weights) from epoch "
+                             f"{int(np.argmin(finite)) + 1}; nothing written — lower the learning rate")
     return jax.tree_util.tree_map(jax.numpy.asarray, variables), metrics

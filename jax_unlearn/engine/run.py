@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_unlearn.data.types import UnlearningData
+from jax_unlearn.engine.progress import EpochProgress
 from jax_unlearn.engine.train import Context, DeviceData, accuracy
 from jax_unlearn.methods.base import Method
 
@@ -81,7 +82,7 @@ def _static_epochs(method: Method, every: int | None) -> int:
 
 
 def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], Method],
-             config: RunConfig = RunConfig()):
+             config: RunConfig = RunConfig(), *, on_epoch: Callable[[Any], None] | None = None):
     """``run(key, start_variables, data, hyper=None) -> (variables, metrics[, snapshots])`` for one seed.
 
     Args:
@@ -91,6 +92,11 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
         are traced per-lane scalars (optax takes traced scalars); structural ones (batch size, the
         number of epochs scanned) stay Python ints in the closure.
       config: tracking and snapshots.
+      on_epoch: a host function called with the epoch index (a scalar array) after every epoch, from inside
+        the compiled program (``jax.debug.callback``); under ``jax.vmap`` over lanes it runs once per epoch,
+        not once per lane (the index is the same for all lanes). It cannot change results: the only thing
+        added to the program is the callback and an ``optimization_barrier`` that makes it wait for the
+        epoch's metrics. See :class:`jax_unlearn.engine.progress.EpochProgress`.
 
     ``hyper`` (per lane; under ``jax.vmap`` pass it with ``in_axes=0`` like the key): a dict of scalars.
     Its ``epochs`` entry, when present, is the lane's number of epochs ≤ ``num_epochs`` ("epochs as step
@@ -148,7 +154,14 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
 
         def one_epoch(state, e):
             state, metrics = epoch_of(state, e)
-            return state, {**metrics, **track(m, state, data)}
+            metrics = {**metrics, **track(m, state, data),
+                       "finite": _finite(m.variables(state), metrics, e, lane_epochs)}
+            if on_epoch is not None:
+                # The barrier ties the (lane-independent) epoch index to this epoch's results, so the host
+                # hears of the epoch when it is done, once for all lanes.
+                e_done, metrics = jax.lax.optimization_barrier((e, metrics))
+                jax.debug.callback(on_epoch, e_done)
+            return state, metrics
 
         if every is None:
             state, metrics = jax.lax.scan(one_epoch, state, jnp.arange(epochs))
@@ -163,6 +176,20 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
         return m.variables(state), metrics, snaps
 
     return run
+
+
+def _finite(variables, metrics, e, lane_epochs) -> jax.Array:
+    """The per-epoch ``finite`` flag: every weight and every float metric of the method (its loss) is
+    finite — one reduction per epoch, on device. A lane's masked epochs (past ``hyper['epochs']``) report a
+    nan loss by design; their weights are still checked."""
+    weights = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(variables)
+               if jnp.issubdtype(x.dtype, jnp.floating)]
+    losses = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(metrics)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    ok_losses = jnp.all(jnp.stack(losses)) if losses else jnp.bool_(True)
+    if lane_epochs is not None:
+        ok_losses = ok_losses | (e >= lane_epochs)
+    return jnp.all(jnp.stack(weights)) & ok_losses
 
 
 def _blank(dtype):
@@ -321,10 +348,11 @@ def run_seeds(run: Callable, n_seeds: int, base_seed: int, start_variables, data
               chunk_size: int, on_chunk: Callable[[int, np.ndarray, object], None],
               done: Callable[[int], bool] = lambda c: False, images_per_seed: int | None = None,
               progress: bool | None = None, desc: str = "seeds", hyper: Mapping[str, Any] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> None:
+              devices: Sequence[jax.Device] | None = None, epoch_progress: EpochProgress | None = None) -> None:
     """Run seeds ``0..n_seeds-1`` in chunks of ``chunk_size`` seeds; ``on_chunk(c, ids, outputs)`` gets the
     host copy of each chunk's outputs (leading axis = the ``ids`` lanes). Chunks with ``done(c)`` are
-    skipped (resume). A tqdm bar shows chunks and img/s when stderr is a terminal (``progress=None``).
+    skipped (resume). A tqdm bar shows chunks and img/s when stderr is a terminal (``progress=None``);
+    ``epoch_progress`` (the ``on_epoch`` hook ``run`` was made with) replaces it with per-epoch progress.
 
     ``hyper``: per-seed hyper-parameters, a dict of (n_seeds,) arrays; seed ``i`` runs
     ``run(key_i, start, data, {k: v[i]})`` (``run`` from :func:`make_run` with a ``build`` closure).
@@ -349,21 +377,31 @@ def run_seeds(run: Callable, n_seeds: int, base_seed: int, start_variables, data
     todo = [c for c in range(n_chunks) if not done(c)]
     from tqdm.auto import tqdm
 
-    show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=n_chunks, initial=n_chunks - len(todo), desc=desc, unit="chunk", disable=not show) as bar:
-        for c in todo:
-            ids = c * chunk_size + np.arange(n_lanes)
-            keep = (np.arange(n_lanes) < chunk_size) & (ids < n_seeds)
-            lane_hyper = None if hyper is None else {k: v[np.minimum(ids, n_seeds - 1)] for k, v in hyper.items()}
-            start = time.perf_counter()
-            out = jax.block_until_ready(call(ids, lane_hyper))
-            seconds = time.perf_counter() - start
-            host = jax.tree_util.tree_map(lambda a: a[keep], _to_host(out))
-            on_chunk(c, ids[keep], host)
-            if images_per_seed:
-                bar.set_postfix(img_s=f"{images_per_seed * int(keep.sum()) / seconds:,.0f}")
-            bar.update(1)
+    show = (sys.stderr.isatty() if progress is None else progress) and epoch_progress is None
+    if epoch_progress is not None:
+        epoch_progress.start(len(todo))
+    try:
+        with tqdm(total=n_chunks, initial=n_chunks - len(todo), desc=desc, unit="chunk", disable=not show) as bar:
+            for c in todo:
+                ids = c * chunk_size + np.arange(n_lanes)
+                keep = (np.arange(n_lanes) < chunk_size) & (ids < n_seeds)
+                lane_hyper = None if hyper is None else {k: v[np.minimum(ids, n_seeds - 1)] for k, v in hyper.items()}
+                if epoch_progress is not None:
+                    epoch_progress.start_chunk(c, int(keep.sum()))
+                start = time.perf_counter()
+                out = jax.block_until_ready(call(ids, lane_hyper))
+                seconds = time.perf_counter() - start
+                if epoch_progress is not None:
+                    epoch_progress.end_chunk()
+                host = jax.tree_util.tree_map(lambda a: a[keep], _to_host(out))
+                on_chunk(c, ids[keep], host)
+                if images_per_seed:
+                    bar.set_postfix(img_s=f"{images_per_seed * int(keep.sum()) / seconds:,.0f}")
+                bar.update(1)
 
+    finally:
+        if epoch_progress is not None:
+            epoch_progress.close()
 
 def lanes(tree, ids: Iterable[int]):
     """Split a stacked pytree (leading lane axis) into one tree per lane."""
