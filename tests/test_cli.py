@@ -48,7 +48,8 @@ def test_convert_errors_are_reported_and_write_nothing(tmp_path, capsys):
 
 ISSUE_METHODS = ("finetune", "finetune-kit", "retrain", "l1-sparse", "neggrad+", "random-label", "salun",
                  "bad-teacher", "unsir", "scrub", "ssd", "noise-student-curriculum", "fanchuan", "kookmin", "seif",
-                 "sebastian", "toshi-conv-transpose", "amnesiacs", "sun", "sisa")
+                 "sebastian", "toshi-conv-transpose", "amnesiacs", "sun", "sisa", "gradient-ascent", "cf-k", "eu-k",
+                 "fisher", "influence")
 
 
 @pytest.mark.parametrize("markdown", [False, True])
