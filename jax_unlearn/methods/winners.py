@@ -18,8 +18,17 @@ they have in common, so no method carries a copy:
   re-initialisation of a layer).
 
 All references: the challenge write-ups, and their ports in xcadet/deepunlearn (``munl/unlearning/
-kgltop1.py`` … ``kgltop7.py``), which these follow line by line; Triantafillou et al., "Are we making
-progress in unlearning? Findings from the first NeurIPS unlearning competition", arXiv:2406.09073 (2024).
+kgltop1.py`` … ``kgltop7.py``, read at commit 6830ff6), whose ``unlearn()`` bodies these follow step by
+step; every place where we do not is listed in the method's docstring ("Ambiguities") and in
+docs/METHODS.md. Triantafillou et al., "Are we making progress in unlearning? Findings from the first
+NeurIPS unlearning competition", arXiv:2406.09073 (2024).
+
+The loaders a port receives: deepunlearn builds the retain, forget and validation loaders with the
+*method's own* ``batch_size`` (``munl/datasets/get_dataset.py``; 64 for most winners, 256 for fanchuan),
+retain and forget shuffled, validation and test not (``munl/settings.py`` ``default_loaders``). Our
+passes do the same — shuffled retain/forget passes of the method's batch size, the validation pass
+(amnesiacs) in data order — except fanchuan's forget pass, which keeps batch 64 (``forget_batch_size``;
+see its docstring).
 """
 from __future__ import annotations
 
@@ -170,11 +179,11 @@ def reset_linear(key, params, module: str):
     return {**params, module: {n: bound * u for n, u in zip(names, draws)}}
 
 
-def class_counts(ctx: Context) -> jax.Array:
-    """``ctx.class_counts`` as float32 (C,); the winners' class weights are functions of it."""
-    if ctx.class_counts is None:
-        raise ValueError("this method weights classes and needs ctx.class_counts")
-    return jnp.asarray(ctx.class_counts, jnp.float32)
+def retain_class_counts(labels, num_classes: int) -> jax.Array:
+    """Examples per class (C,) float32 of the retain labels ``labels`` (n_r,) — what the deepunlearn ports
+    count their class weights from (``np.unique`` / ``torch.unique`` over the retain loader's targets),
+    not the whole training set's counts (``ctx.class_counts``: retain ∪ forget)."""
+    return jnp.bincount(labels, length=num_classes).astype(jnp.float32)
 
 
 def half_round_trip(state: WinnerState) -> WinnerState:

@@ -1,8 +1,8 @@
 """NeurIPS 2023 winners, part 1: fanchuan, kookmin, seif, sebastian (shared pieces: :mod:`.winners`).
 
 Each port follows the xcadet/deepunlearn re-implementation of the Kaggle notebook (``kgltopN.py``) step by
-step; data loaders of the challenge harness are batch 64 and shuffled. Every docstring ends with what was
-ambiguous in the source and what we chose.
+step; its loaders (the method's own batch size; retain and forget shuffled) are described in
+:mod:`.winners`. Every docstring ends with what was ambiguous in the source, where we differ, and why.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from jax_unlearn.engine.optim import cosine_annealing_per_epoch, torch_sgd
 from jax_unlearn.engine.train import epoch_over, forward_train, loss_and_grads, run_steps, teacher_logits, variables_of
 from jax_unlearn.methods.base import Method, register
 from jax_unlearn.methods.winners import (
-    ce_loss, class_counts, fan_in, fan_out, half_round_trip, kind_mask, leaf_mask, loss_step, map_selected,
-    next_epoch, optimizer_step, run_batches, shuffled_batches, standard_draws, winner_state)
+    ce_loss, fan_in, fan_out, half_round_trip, kind_mask, leaf_mask, loss_step, map_selected,
+    next_epoch, optimizer_step, retain_class_counts, run_batches, shuffled_batches, standard_draws, winner_state)
 
 _REF = "NeurIPS 2023 Machine Unlearning Challenge (Kaggle); port: xcadet/deepunlearn munl/unlearning/"
 
@@ -65,9 +65,13 @@ def fanchuan(ctx, *, epochs, batch_size, forget_batch_size, kl_lr, forget_lr, et
 
     References: Triantafillou et al., arXiv:2406.09073 (2024), §Fanchuan; xcadet/deepunlearn ``kgltop1.py``.
 
-    Ambiguities: the source's forget loader is the harness's (batch 64), its retain loaders use
-    ``batch_size`` = 256 — kept; the cosine ``T_max`` counts forget-loader steps even when the ``zip`` with
-    the retain loader is shorter — kept. Metrics: ``loss`` (retain CE), ``forget_loss`` (contrastive).
+    Ambiguities and deviation: the notebook builds its retain loaders with ``batch_size`` = 256 and takes
+    the forget loader it is handed. In deepunlearn that loader, like every harness loader, has the
+    method's batch size (256: ``munl/datasets/get_dataset.py``); the challenge's Kaggle harness the
+    notebook was written for handed it batch-64 loaders. We keep 64 (``forget_batch_size``; set 256 for
+    deepunlearn's), which also sets ``T_max``. The cosine ``T_max`` counts forget-loader steps even when
+    the ``zip`` with the retain loader is shorter — kept. Metrics: ``loss`` (retain CE), ``forget_loss``
+    (contrastive).
     """
     n_f, n_r = ctx.size("forget"), ctx.size("retain")
     f_steps = steps_per_epoch(n_f, forget_batch_size)
@@ -216,6 +220,20 @@ def seif_noise(key, params, std, scope: str = "stem"):
                         _SEIF_SCOPES[scope](params))
 
 
+def seif_class_weights(labels, num_classes: int) -> jax.Array:
+    """sklearn ``compute_class_weight('balanced')`` of the retain labels (n_r,), as (C,) float32:
+    ``w_c = n_r / (C' · n_c)`` with C' the number of classes present; 0 for absent classes."""
+    counts = retain_class_counts(labels, num_classes)
+    return jnp.where(counts > 0, jnp.sum(counts) / (jnp.sum(counts > 0) * jnp.maximum(counts, 1.0)), 0.0)
+
+
+def sebastian_class_weights(labels, num_classes: int, exponent) -> jax.Array:
+    """The port's ``get_class_weights``: ``n_c ** exponent`` of the retain labels (n_r,), as (C,) float32;
+    0 for absent classes (the port's tensor would be shorter; no retain label reads it)."""
+    counts = retain_class_counts(labels, num_classes)
+    return jnp.where(counts > 0, jnp.maximum(counts, 1.0) ** exponent, 0.0)
+
+
 @register("seif", "noise the conv weights (σ 0.6), class-weighted CE on retain, re-noise (σ 0.005) before the end",
           _REF + "kgltop3.py (Seif)",
           epochs=4, batch_size=64, lr=7e-4, momentum=0.9, weight_decay=5e-4, start_std=0.6, final_std=0.005,
@@ -229,26 +247,23 @@ def seif(ctx, *, epochs, batch_size, lr, momentum, weight_decay, start_std, fina
 
     Loss, as the source's ``CustomCrossEntropyLoss`` computes it: the *unweighted* batch-mean CE times the
     batch's mean class weight, ``CE(z, y) · mean_i w[y_i]``, with sklearn's "balanced" weights
-    ``w_c = N / (C · n_c)`` from ``ctx.class_counts`` (classes with no example left out of C).
+    ``w_c = N / (C · n_c)`` over the *retain labels* (:func:`seif_class_weights`; as the port's
+    ``compute_class_weight('balanced', classes=np.unique(y), y=y)`` on the retain loader's targets;
+    classes with no retain example are left out of C).
 
     References: xcadet/deepunlearn ``kgltop3.py``; Triantafillou et al., arXiv:2406.09073.
 
     Ambiguities: the source iterates ``named_children()``, so only the stem ``conv1`` is noised although the
     write-up says "conv layers" — default ``noise_scope='stem'`` (the code), ``'convs'`` for the wording; the
     notebook's class weights ``[1, 0.05, …]`` were tuned to the Kaggle age classes, the port (and we) use
-    balanced weights, ours from ``ctx.class_counts`` rather than the retain labels.
+    balanced weights from the retain labels. (The port would misindex its weights if a class had no retain
+    example; ours gives such a class weight 0, never used since no retain label has it.)
     """
-    counts = class_counts(ctx)
-    weights = jnp.where(counts > 0, jnp.sum(counts) / (jnp.sum(counts > 0) * jnp.maximum(counts, 1.0)), 0.0)
+    num_classes = ctx.model.num_classes
     if noise_scope not in _SEIF_SCOPES:
         raise ValueError(f"unknown noise_scope {noise_scope!r}; valid: {', '.join(_SEIF_SCOPES)}")
     tx = torch_sgd(cosine_annealing_per_epoch(lr, epochs, steps_per_epoch(ctx.size("retain"), batch_size)),
                    momentum, weight_decay)
-
-    def loss(state, logits, images, labels, mask):
-        return cross_entropy(logits, labels, mask) * masked_mean(weights[labels], mask)
-
-    train = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx, 0, loss))
 
     def init(key, start_variables, data):
         params = seif_noise(key, start_variables["params"], start_std, noise_scope)
@@ -256,7 +271,12 @@ def seif(ctx, *, epochs, batch_size, lr, momentum, weight_decay, start_std, fina
 
     def epoch(state, key, data):
         k_train, k_noise = jax.random.split(key)
-        state, metrics = train(state, k_train, data)
+        weights = seif_class_weights(data["retain"][1], num_classes)
+
+        def loss(state, logits, images, labels, mask):
+            return cross_entropy(logits, labels, mask) * masked_mean(weights[labels], mask)
+
+        state, metrics = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx, 0, loss))(state, k_train, data)
         noised = seif_noise(k_noise, state.params, final_std, noise_scope)
         params = jax.tree_util.tree_map(lambda a, b: jnp.where(state.epoch == epochs - 2, a, b), noised, state.params)
         return next_epoch(state._replace(params=params)), metrics
@@ -298,7 +318,8 @@ def sebastian(ctx, *, epochs, batch_size, lr, momentum, weight_decay, prune_amou
 
     ``init``: :func:`sebastian_prune` with ``prune_amount``. Training: ``SGD(lr, momentum, weight_decay)`` on
     the retain set with ``CE_w(z, y) + mean_i (H(softmax z_i) - H(softmax t_i))²``, ``CE_w`` torch's
-    class-weighted CE with ``w_c = n_c ** weight_exponent`` (``ctx.class_counts``) and ``t`` the original
+    class-weighted CE with ``w_c = n_c ** weight_exponent``, ``n_c`` counted on the retain labels
+    (:func:`sebastian_class_weights`, the port's ``get_class_weights(retain_loader)``), and ``t`` the original
     model's eval-mode logits. At the end every float parameter and statistic goes through float16 and back.
 
     Fractional epochs: the source steps until ``num_iters > int(|retain loader| · epochs)`` *after* the step,
@@ -309,7 +330,7 @@ def sebastian(ctx, *, epochs, batch_size, lr, momentum, weight_decay, prune_amou
     References: xcadet/deepunlearn ``kgltop4.py`` (``prune_model``, ``entropy_loss_fn``); Triantafillou et al.,
     arXiv:2406.09073.
 
-    Ambiguities: the port counts classes on the retain loader, we use ``ctx.class_counts``; torch's pruning
+    Ambiguities: torch's pruning
     ranks ties arbitrarily, we by position. The original model is kept in the state as the teacher (the
     method interface hands it to ``init`` only); under ``vmap`` it stays unbatched.
     """
@@ -317,16 +338,16 @@ def sebastian(ctx, *, epochs, batch_size, lr, momentum, weight_decay, prune_amou
     per_pass = steps_per_epoch(n_r, batch_size)
     total = int(per_pass * epochs) + 1
     passes = math.ceil(total / per_pass)
-    counts = class_counts(ctx)
-    weights = jnp.where(counts > 0, jnp.maximum(counts, 1.0) ** weight_exponent, 0.0)
+    num_classes = ctx.model.num_classes
     tx = torch_sgd(lr, momentum, weight_decay)
 
-    def loss(state, logits, images, labels, mask):
-        target = teacher_logits(ctx, state.extra, images)
-        entropy_mse = masked_mean((entropy(logits) - entropy(target)) ** 2, mask)
-        return cross_entropy(logits, labels, mask, weights) + entropy_mse
+    def make_step(weights):
+        def loss(state, logits, images, labels, mask):
+            target = teacher_logits(ctx, state.extra, images)
+            entropy_mse = masked_mean((entropy(logits) - entropy(target)) ** 2, mask)
+            return cross_entropy(logits, labels, mask, weights) + entropy_mse
 
-    step = loss_step(ctx, tx, 0, loss)
+        return loss_step(ctx, tx, 0, loss)
 
     def init(key, start_variables, data):
         params = sebastian_prune(key, start_variables["params"], prune_amount)
@@ -334,6 +355,7 @@ def sebastian(ctx, *, epochs, batch_size, lr, momentum, weight_decay, prune_amou
 
     def epoch(state, key, data):
         active = state.epoch * per_pass + jnp.arange(per_pass) < total
+        step = make_step(sebastian_class_weights(data["retain"][1], num_classes, weight_exponent))
         state, mean_loss = run_batches(step, state, *data["retain"], *shuffled_batches(key, n_r, batch_size),
                                        active)
         rounded, last = half_round_trip(state), state.epoch == passes - 1

@@ -1,8 +1,8 @@
 """NeurIPS 2023 winners, part 2: toshi-conv-transpose, amnesiacs, sun (shared pieces: :mod:`.winners`).
 
 Each port follows the xcadet/deepunlearn re-implementation of the Kaggle notebook (``kgltopN.py``) step by
-step; data loaders of the challenge harness are batch 64 and shuffled. Every docstring ends with what was
-ambiguous in the source and what we chose.
+step; its loaders (the method's own batch size; retain and forget shuffled, validation not) are described
+in :mod:`.winners`. Every docstring ends with what was ambiguous in the source and what we chose.
 """
 from __future__ import annotations
 
@@ -78,7 +78,9 @@ def amnesiacs(ctx, *, kd_epochs, kd_lr, retain_epochs, retain_lr, momentum, weig
     Triantafillou et al., arXiv:2406.09073.
 
     Ambiguities: the source's soft CE applies ``log_softmax`` to ``log_softmax(z/T)`` — idempotent, so it is
-    ``softCE(z/T, ·)``; the KD phase's validation loader is the harness's (batch 64, shuffled) — kept. The
+    ``softCE(z/T, ·)``; the KD phase's validation loader is deepunlearn's (the method's batch 64, *not*
+    shuffled: ``munl/settings.py`` ``default_loaders``), so the KD pass walks the validation set in data
+    order every epoch. The
     teacher is kept in the state (the method interface hands it to ``init`` only).
     """
     tx_kd = torch_sgd(kd_lr, momentum, weight_decay)
@@ -94,7 +96,7 @@ def amnesiacs(ctx, *, kd_epochs, kd_lr, retain_epochs, retain_lr, momentum, weig
         return (soft_cross_entropy(logits / t, jax.nn.softmax(target / t), mask) + cross_entropy(logits, labels, mask)
                 + kl_divergence(logits, target, mask, t))
 
-    distil = epoch_over(ctx, "validation", batch_size, loss_step(ctx, tx_kd, 0, kd_loss))
+    distil = epoch_over(ctx, "validation", batch_size, loss_step(ctx, tx_kd, 0, kd_loss), shuffle=False)
     retain = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx_retain, 1, retain_loss))
 
     def init(key, start_variables, data):

@@ -198,6 +198,37 @@ def test_seif_renoises_with_final_std_before_the_last_epoch_only(setup):
     jax.tree_util.tree_map(np.testing.assert_array_equal, stage[2], stage[1])  # none after the last epoch
 
 
+# ---- class weights (seif, sebastian): counted on the retain labels, as the deepunlearn ports --------------
+
+def test_class_weights_are_the_ports_formulas_on_the_retain_labels():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.asarray([0, 0, 0, 2, 1, 2, 0, 2, 0], np.int32)  # class 3 has no retain example
+    present = np.unique(labels)
+    seif = np.asarray(wa.seif_class_weights(jnp.asarray(labels), 4))
+    # kgltop3.py: compute_class_weight("balanced", classes=np.unique(targets), y=targets) on the retain loader.
+    np.testing.assert_allclose(seif[present], compute_class_weight("balanced", classes=present, y=labels), rtol=1e-6)
+    assert seif[3] == 0.0
+    # kgltop4.py get_class_weights: torch.unique(targets, return_counts=True) counts ** -0.1.
+    sebastian = np.asarray(wa.sebastian_class_weights(jnp.asarray(labels), 4, -0.1))
+    np.testing.assert_allclose(sebastian[present], np.bincount(labels)[present] ** -0.1, rtol=1e-6)
+    assert sebastian[3] == 0.0
+
+
+@pytest.mark.parametrize("name", ["seif", "sebastian"])
+def test_class_weights_ignore_the_contexts_retain_and_forget_counts(setup, name):
+    """``ctx.class_counts`` (retain ∪ forget) no longer enters: a context with other counts (or none) gives
+    the same run, seed for seed."""
+    ctx, start, data = setup
+    run, (variables, _, _) = vmapped(setup, name)
+    other = type(ctx)(ctx.model, ctx.normalization, ctx.sizes, None)
+    method = build_method(name, other, **CASES[name])
+    one_vars, _, _ = run_compiled(make_run(other, method, RunConfig(track=False, snapshot_every=1)), KEYS[0], start,
+                                  data)
+    lane = jax.tree_util.tree_map(lambda x: x[0], variables)
+    assert max_rel(one_vars["params"], lane["params"]) <= 1e-5  # float32 vmapped vs single, as above
+
+
 # ---- sebastian -------------------------------------------------------------------------------------------
 
 def test_sebastian_keeps_exactly_1_percent_of_conv_and_linear_weights(setup):
@@ -266,6 +297,18 @@ def test_amnesiacs_resets_conv1_and_fc_only_then_distils_on_validation(setup):
     start_tracked = int(start["batch_stats"]["bn1"]["num_batches_tracked"])
     # epoch 0: one pass over the 12 validation examples (1 step); epoch 1: the retain set (3 steps)
     np.testing.assert_array_equal(tracked - start_tracked, [[1, 4], [1, 4]])
+
+
+def test_amnesiacs_distils_on_the_validation_set_in_data_order(setup):
+    """deepunlearn's validation loader is not shuffled: the KD epoch uses no randomness, so two epoch keys
+    give the same model (batch 4: three batches, whose order and make-up a shuffle would change)."""
+    ctx, start, data = setup
+    method = build_method("amnesiacs", ctx, **{**CASES["amnesiacs"], "batch_size": 4})
+    state = run_compiled(method.init, jax.random.key(3), start, data)
+    one_epoch = lambda key: method.epoch(state, key, data)[0].params  # noqa: E731
+    a, b = (run_compiled(one_epoch, jax.random.key(k)) for k in (5, 6))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(a["fc"]["kernel"], state.params["fc"]["kernel"])  # it trained
 
 
 # ---- sun -------------------------------------------------------------------------------------------------
