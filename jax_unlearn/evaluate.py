@@ -45,8 +45,8 @@ from jax_unlearn.evaluate_sweep import check_reference, format_sweep, score_swee
 from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.models import make_model
 from jax_unlearn.metrics import (cross_entropy_per_example, final_score, kit_mia, logit_scaled_confidence,
-                                 per_example_epsilon, score_from_epsilons, svc_mia_efficacy)
-from jax_unlearn.runs import RunFolder, write_json
+                                 per_example_epsilon, score_from_epsilons, small_n_note, svc_mia_efficacy)
+from jax_unlearn.runs import NonFiniteError, RunFolder, RunFolderError, write_json
 
 ACCURACIES = tuple(f"{split}_acc" for split in SPLITS)
 MIA_SPLITS = ("retain", "test", "forget")
@@ -68,12 +68,21 @@ def check_data(folder: RunFolder, data: UnlearningData) -> list[str]:
         raise DataError(f"data does not match the run in {folder.path}: it was run on split sizes "
                         f"{recorded.get('sizes')} ({path}), the data given has {data.sizes()}; "
                         f"load the data set with the options recorded there")
+    digests = recorded.get("digests")
+    if digests is not None:  # folders written before digests were recorded: sizes only (and the warning)
+        given = data.digests()
+        differ = [name for name in SPLITS if digests.get(name) != given[name]]
+        if differ:
+            raise DataError(f"data does not match the run in {folder.path}: the {', '.join(differ)} split(s) hold "
+                            f"other examples than it was run on (same sizes, different contents; {path} "
+                            f"'digests'); repeat the run's data flags (--dataset, --data-dir, --forget*, "
+                            f"--max-train, --max-eval, --data-seed)")
     if config["num_classes"] != data.num_classes:
         raise DataError(f"{folder.path} holds {config['num_classes']}-class models, the data has "
                         f"{data.num_classes} classes")
     described = json.loads(json.dumps(dict(data.description), default=str))
     keys = (set(recorded) | set(described)) - {"sizes"}
-    return sorted(k for k in keys if recorded.get(k) != described.get(k))
+    return sorted(k for k in keys - {"digests"} if recorded.get(k) != described.get(k))
 
 
 @functools.lru_cache(maxsize=8)
@@ -158,6 +167,7 @@ def population_outputs(folder: RunFolder | str | os.PathLike, data: UnlearningDa
         seeds.append(chunk["ids"])
         for name in ACCURACIES:
             accs[name].append(out[name].astype(np.float64))
+        _check_finite_logits(folder, chunk["ids"], out)
         stats.append(logit_scaled_confidence(out["forget_logits"], data.forget.labels))
         for split in MIA_SPLITS:
             if f"{split}_logits" in out:
@@ -170,6 +180,17 @@ def population_outputs(folder: RunFolder | str | os.PathLike, data: UnlearningDa
     result.update({name: np.concatenate(v)[order] for name, v in accs.items()})
     result["mia_logits"] = {split: np.concatenate(v) for split, v in mia.items() if v}
     return result
+
+
+def _check_finite_logits(folder: RunFolder, ids: np.ndarray, out: Mapping[str, np.ndarray]) -> None:
+    """Refuse models whose outputs are NaN/inf (a diverged run), naming the run folder and the seeds."""
+    bad = np.zeros(len(ids), bool)
+    for name, v in out.items():
+        if name.endswith("_logits"):
+            bad |= ~np.isfinite(v).reshape(len(ids), -1).all(1)
+    if bad.any():
+        raise NonFiniteError(f"{folder.path}: seed(s) {[int(i) for i in ids[bad]][:20]} give NaN/inf logits (a "
+                             f"diverged run, see its metrics.csv column 'finite'); they cannot be scored")
 
 
 def mia_per_model(outputs: Mapping[str, Any], data: UnlearningData) -> dict[str, np.ndarray]:
@@ -229,6 +250,8 @@ def competition(unlearned: Mapping[str, Any], retrained: Mapping[str, Any]) -> t
         return out, None
     eps = per_example_epsilon(unlearned["forget_stat"][:n], retrained["forget_stat"][:n])
     F = score_from_epsilons(eps, n)
+    if small_n_note(n):  # the figure never travels without it (report.json, the printed summary)
+        out["note_small_n"] = small_n_note(n)
     means = {f"{acc}_{family}": float(np.mean(pop[acc][:n]))
              for acc in ("retain_acc", "test_acc") for family, pop in (("unlearned", unlearned),
                                                                          ("retrained", retrained))}
@@ -281,7 +304,17 @@ def evaluate(unlearned_dir: str | os.PathLike, data: UnlearningData, *,
     lanes = sweep_lanes(RunFolder(unlearned_dir))
     if retrained_dir is not None:
         check_reference(lanes, RunFolder(unlearned_dir), RunFolder(retrained_dir))
+        method = RunFolder(retrained_dir).config.get("method")
+        if method != "retrain":
+            raise ValueError(f"--retrained {retrained_dir} holds a {method!r} run; the reference population must be "
+                             f"trained from scratch without the forget set (`jax-unlearn retrain`)")
     dirs = {"unlearned": unlearned_dir, **({"retrained": retrained_dir} if retrained_dir is not None else {})}
+    for d in dirs.values():  # every folder checked before any model runs
+        folder = RunFolder(d)
+        check_data(folder, data)
+        missing = folder.missing_chunks()
+        if missing:
+            raise RunFolderError(f"{folder.path} is incomplete: chunk(s) {missing} missing (rerun its command)")
     pops = {family: population_outputs(d, data, batch_size=batch_size, mia_models=mia_models, progress=progress)
             for family, d in dirs.items()}
     report: dict[str, Any] = {"data": {"sizes": data.sizes(), "num_classes": data.num_classes,
@@ -358,7 +391,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
         lines.append(f"forgetting quality F = {'n/a' if fq is None else f'{fq:.4f}'}   "
                      f"final score = {'n/a' if fs is None else f'{fs:.4f}'}   (N = {comp['n']} per population)"
                      + ("" if "setting" not in comp else "   for the best setting of the sweep"))
-        lines.extend(f"note: {comp[k]}" for k in ("note", "note_final") if comp.get(k))
+        lines.extend(f"note: {comp[k]}" for k in ("note", "note_small_n", "note_final") if comp.get(k))
     if report.get("sweep"):
         lines.extend(format_sweep(report["sweep"]))
     return "\n".join(lines)

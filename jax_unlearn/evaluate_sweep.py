@@ -21,6 +21,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 import pandas as pd
 
+from jax_unlearn.metrics import small_n_note
 from jax_unlearn.runs import RunFolder, RunFolderError
 from jax_unlearn.sweep import best_setting, setting_groups
 
@@ -142,6 +143,8 @@ def score_sweep(lanes: SweepLanes, unlearned: Mapping[str, Any],
                "settings": [{k: _plain(v) for k, v in row.items()} for row in table.to_dict("records")]}
     if retrained is None:
         section["note"] = "no reference population: pass --retrained RUN_DIR to score the settings"
+    elif small_n_note(m):  # every setting's F is scored at N = m
+        section["note_small_n"] = small_n_note(m)
     return section, table, best_pop
 
 
@@ -166,6 +169,5 @@ def format_sweep(section: Mapping[str, Any]) -> list[str]:
     if best:
         lines.append("* best setting: " + ", ".join(f"{k}={best[k]:g}" for k in names)
                      + f" (final score {best['score']:.4f})")
-    if section.get("note"):
-        lines.append(f"note: {section['note']}")
+    lines.extend(f"note: {section[k]}" for k in ("note", "note_small_n") if section.get(k))
     return lines

@@ -17,6 +17,7 @@ import pytest
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, Split, UnlearningData
 from jax_unlearn.engine.run import RunConfig
 from jax_unlearn.evaluate import competition, evaluate, format_summary, population_outputs
+from jax_unlearn.metrics import small_n_note
 from jax_unlearn.evaluate_sweep import check_reference, format_sweep, score_sweep, sweep_lanes
 from jax_unlearn.jobs import run_population
 from jax_unlearn.models import make_model
@@ -187,7 +188,10 @@ def test_competition_compares_the_first_seeds_of_unequal_populations():
     assert summary["forgetting_quality"] == forgetting_quality(u["forget_stat"][:4], r["forget_stat"])
     assert summary["final_score"] == final_score(summary["forgetting_quality"], u["retain_acc"][:4],
                                                  r["retain_acc"], u["test_acc"][:4], r["test_acc"])
-    assert "first 4 seeds" in format_summary({"families": {}, "competition": summary})
+    text = format_summary({"families": {}, "competition": summary})
+    assert "first 4 seeds" in text
+    # A score at N = 4 never appears without the small-N note, in the report and in the printed summary.
+    assert summary["note_small_n"] == small_n_note(4) and f"note: {small_n_note(4)}" in text
 
     summary, eps = competition(population(1), r)
     assert eps is None and summary["forgetting_quality"] is None and summary["n"] == 1
@@ -237,6 +241,7 @@ def test_sweep_scores_each_setting_on_its_first_seeds(tmp_path):
     assert section["settings"][1]["lr"] == section["best"]["lr"]  # full precision in both
     text = "\n".join(format_sweep(section))
     assert f"* best setting: epochs=1, lr=0.2 (final score {scores[1]:.4f})" in text
+    assert section["note_small_n"] == small_n_note(4) and f"note: {small_n_note(4)}" in text  # scored at N = 4
     marked = [line for line in text.splitlines() if line.startswith("*") and "best setting" not in line]
     assert len(marked) == 1 and "0.2" in marked[0] and f"{scores[1]:.4f}" in marked[0]
 

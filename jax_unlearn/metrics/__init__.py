@@ -5,6 +5,7 @@ from jax_unlearn.metrics.competition import (
     logit_scaled_confidence,
     per_example_epsilon,
     score_from_epsilons,
+    small_n_note,
 )
 from jax_unlearn.metrics.mia import (
     cross_entropy_per_example,
@@ -21,6 +22,7 @@ __all__ = [
     "logit_scaled_confidence",
     "per_example_epsilon",
     "score_from_epsilons",
+    "small_n_note",
     "svc_mia_efficacy",
     "true_class_confidence",
 ]

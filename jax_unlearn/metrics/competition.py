@@ -28,6 +28,8 @@ rule found so far are evaluated in full. The result is identical to evaluating e
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 DELTA = 1e-5
@@ -328,3 +330,45 @@ def final_score(F, ra_u, ra_r, ta_u, ta_r) -> float:
     if ra_rm == 0 or ta_rm == 0:
         raise ValueError("retrained accuracies must have a positive mean")
     return float(F) * (ra_um / ra_rm) * (ta_um / ta_rm)
+
+
+COMPETITION_N = 512  # models per population in the competition's own evaluation
+
+
+def score_buckets(n: int) -> int:
+    """How many ε bins can earn points at N = ``n`` models per population: ``2·⌈ln(n − 1)⌉`` (bins of
+    width 0.5 up to the last edge, :func:`score_from_epsilons`). The competition's N = 512 has 14."""
+    if int(n) != n or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n}")
+    return int(2 * np.ceil(np.log(n - 1) - 1e-12))
+
+
+# The smallest N whose score scale is the competition's: ⌈ln(N − 1)⌉ = 7 needs N − 1 > e⁶ ≈ 403.4.
+MIN_COMPARABLE_N = 405
+
+
+@functools.lru_cache(maxsize=64)
+def perfect_unlearner_f(n: int, examples: int = 256, seed: int = 0) -> float:
+    """F of a perfect unlearner at N = ``n``: two populations drawn from the *same* distribution
+    (``examples`` forget examples, N i.i.d. standard-normal statistics per population, a NumPy
+    ``Generator`` seeded with ``seed``). F depends on N through finite-sample noise and the bin edges
+    (≈ 0.19 at N = 512, ≈ 0.24 at N = 4, 0 at N = 2), so it is the reference a small-N score is read against."""
+    rng = np.random.default_rng(seed)
+    return forgetting_quality(rng.standard_normal((n, examples)), rng.standard_normal((n, examples)))
+
+
+def small_n_note(n: int) -> str | None:
+    """The note every printed or written official score at N = ``n`` models per population carries when
+    N is below :data:`MIN_COMPARABLE_N`, else None.
+
+    Rule: F is on the competition's scale only when the scorer can reach the same ε bins as at N = 512
+    (14 bins; N ≥ 405). Below that F is coarser and its perfect-unlearner value differs, so the note gives
+    both and says to compare only scores of equal N.
+    """
+    if n >= MIN_COMPARABLE_N:
+        return None
+    buckets, full = score_buckets(n), score_buckets(COMPETITION_N)
+    return (f"N = {n} per population is too small for F to mean what it does in the competition: the scorer "
+            f"reaches {buckets} of its {full} ε bins (N >= {MIN_COMPARABLE_N} reaches all), and a perfect "
+            f"unlearner scores F ≈ {perfect_unlearner_f(n):.2f} at this N (≈ {perfect_unlearner_f(COMPETITION_N):.2f}"
+            f" at N = {COMPETITION_N}); compare only scores of equal N")

@@ -4,11 +4,15 @@ import pytest
 
 from jax_unlearn.metrics import competition
 from jax_unlearn.metrics.competition import (
+    MIN_COMPARABLE_N,
     final_score,
     forgetting_quality,
     logit_scaled_confidence,
     per_example_epsilon,
+    perfect_unlearner_f,
+    score_buckets,
     score_from_epsilons,
+    small_n_note,
 )
 
 DELTA = 1e-5
@@ -286,3 +290,22 @@ def test_confidence_validation():
         logit_scaled_confidence(np.zeros((3, 4)), np.zeros(5, int))
     with pytest.raises(ValueError):
         logit_scaled_confidence(np.full((3, 4), np.inf), np.zeros(3, int))
+
+
+@pytest.mark.parametrize("n", [3, 4, 8, 64, 404, 405, 512])
+def test_score_buckets_counts_the_bins_that_can_earn_points(n):
+    # Brute force: walk ε over a fine grid and count the distinct non-zero point values score_from_epsilons gives.
+    grid = np.arange(0.0, 10.0, 0.01)
+    values = {score_from_epsilons(np.array([e]), n) for e in grid}
+    assert score_buckets(n) == len(values - {0.0})
+    assert (score_buckets(n) == score_buckets(512)) == (n >= MIN_COMPARABLE_N)
+
+
+def test_small_n_note_states_the_rule_and_the_perfect_unlearner_reference():
+    assert small_n_note(512) is None and small_n_note(MIN_COMPARABLE_N) is None
+    note = small_n_note(4)
+    assert "4 of its 14 ε bins" in note and "compare only scores of equal N" in note
+    # The reference is a real F of two identically distributed populations, deterministic.
+    assert perfect_unlearner_f(4) == perfect_unlearner_f(4) == forgetting_quality(
+        *np.random.default_rng(0).standard_normal((2, 4, 256)))
+    assert f"F ≈ {perfect_unlearner_f(4):.2f}" in note
