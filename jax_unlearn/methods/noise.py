@@ -1,11 +1,12 @@
-"""Error-maximising noise: UNSIR (impair–repair), and a curriculum variant that ends in bad-teacher distillation.
+"""Error-maximising noise: UNSIR (impair–repair), and the seed's curriculum pipeline (noise-student-curriculum),
+which impairs and repairs a bad teacher easy-first and ends in bad-teacher distillation.
 
-Both build one static-size *pool* per phase — the retain examples followed by ``noise_copies`` copies of
-each class's ``noise_images`` learned noise images — and mark which entries are valid (retain: the first
-``retain_per_class`` of each class; noise: classes present in the forget set). Only valid entries are
-batched (:func:`jax_unlearn.methods.distill.valid_first` / ``run_pool``). Pool entry ``p``:
-``p < n_retain`` is retain example ``p``; otherwise ``q = p - n_retain`` is noise image
-``q // C % noise_images`` of class ``q % C`` (classes interleaved, copies outermost).
+Both build one static-size *pool* per phase — the retain examples followed by ``noise_copies`` copies
+(the curriculum: one) of each class's ``noise_images`` learned noise images — and mark which entries are
+valid (retain: unsir's ``retain_per_class`` of each class, the curriculum all; noise: classes present in
+the forget set). Only valid entries are batched (:func:`jax_unlearn.methods.distill.valid_first` /
+``run_pool``). Pool entry ``p``: ``p < n_retain`` is retain example ``p``; otherwise ``q = p - n_retain``
+is noise image ``q // C % noise_images`` of class ``q % C`` (classes interleaved, copies outermost).
 """
 from __future__ import annotations
 
@@ -208,73 +209,120 @@ def unsir(ctx: Context, *, batch_size: int, noise_images: int, noise_steps: int,
     return Method(init, epoch, lambda s: {"params": s.params, "batch_stats": s.batch_stats}, 2)
 
 
-# --- curriculum: noise, impair/repair easy-first, then bad-teacher distillation --------------------------
+# --- curriculum: the seed's pipeline (NitinPrasad5/Machine-Unlearning) ------------------------------------
 
-def curriculum_phases(ctx: Context, variables, data, retain_per_class: int | None, noise_images: int,
-                      noise_copies: int) -> Phases:
-    """Easy-first orders from the original model's confidence ``p(y_i | x_i)`` on the retain set (eval mode).
+SEED_REPO = "NitinPrasad5/Machine-Unlearning @ 2e9567d (unlearn.py, utils.py, Main.ipynb)"
 
-    Repair order: the valid retain entries by decreasing confidence (ties in data order) — pool indices,
-    so images and labels are always fetched together and stay aligned. Impair order: the same retain
-    sequence with the valid noise entries spread evenly through it (retain entry of rank ``r`` at
-    ``(r + ½) / n_retain``, noise entry of rank ``j`` at ``(j + ½) / n_noise``, merged).
-    """
-    images, labels = data["retain"]
-    num_classes = ctx.model.num_classes
+
+def confidence_order(ctx: Context, variables, images):
+    """Retain examples ranked easy → hard: ``(N,)`` int32 indices by decreasing ``max_c softmax(M(x))_c``
+    of ``variables`` (eval mode), ties in data order, and the confidences ``(N,)``."""
     probs = jax.nn.softmax(predict(ctx, variables, images, min(500, images.shape[0])), axis=-1)
-    confidence = jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
-    valid_r = retain_valid(labels, num_classes, retain_per_class)
-    repair, n_repair = valid_first(-confidence, valid_r)
-    rank_r = jnp.zeros(repair.shape, jnp.float32).at[repair].set(jnp.arange(repair.shape[0], dtype=jnp.float32))
-    valid_q = noise_valid(data["forget"][1], num_classes, noise_images, noise_copies)
-    rank_q = jnp.cumsum(valid_q.astype(jnp.float32)) - 1.0
-    n_q = jnp.sum(valid_q.astype(jnp.float32))
-    keys = jnp.concatenate([(rank_r + 0.5) / jnp.maximum(n_repair, 1), (rank_q + 0.5) / jnp.maximum(n_q, 1.0)])
-    impair, n_impair = valid_first(keys, jnp.concatenate([valid_r, valid_q]))
-    return Phases(impair, n_impair, repair, n_repair)
+    confidence = jnp.max(probs, axis=-1)
+    return jnp.argsort(-confidence, stable=True).astype(jnp.int32), confidence
+
+
+def insert_noise(retain_order, noise_order, n_entries, n_samples):
+    """The seed's noisy loader (``Main.ipynb``, ``UNSIR_create_noisy_loader_``) as a pool order.
+
+    ``retain_order`` (n_r,): pool indices of the ranked retain examples; ``noise_order`` (Q,): pool indices
+    whose first ``n_entries`` are the distinct valid noise entries; ``n_samples`` the length of the seed's
+    noise list (``num_noise_batches × images``, entry ``k`` = distinct entry ``k mod n_entries``). With
+    ``ratio = max(1, n_r // n_samples)``, one noise sample goes *before* every retain example of rank
+    ``r ≡ 0 (mod ratio)``, the j-th such sample being list entry ``j mod n_samples`` (the notebook's
+    ``j = j % len_noise``). So ``ceil(n_r / ratio)`` noise samples: 240 when 240 divides n_r, 241 for
+    45,000 retain examples (ratio 187). Returns ``(order (2·n_r,) int32, count)``: the first ``count``
+    entries are the impair sequence (position ``p`` is noise iff ``p mod (ratio + 1) = 0``).
+    (``ratio`` clamps at 1 where the seed's ``int(len_retain / len_noise)`` would be 0 and divide by zero.)
+    """
+    n_r = retain_order.shape[0]
+    ratio = jnp.maximum(1, n_r // jnp.maximum(n_samples, 1))
+    p = jnp.arange(2 * n_r)
+    k, slot = p // (ratio + 1), p % (ratio + 1)
+    noise = noise_order[(k % jnp.maximum(n_samples, 1)) % jnp.maximum(n_entries, 1)]
+    retain = retain_order[jnp.clip(p - k - 1, 0, n_r - 1)]
+    count = n_r + (n_r + ratio - 1) // ratio
+    return jnp.where(slot == 0, noise, retain).astype(jnp.int32), count.astype(jnp.int32)
+
+
+def curriculum_phases(ctx: Context, variables, data, noise_images: int, noise_batches: int) -> Phases:
+    """The seed's curriculum with its index bug fixed: every retain example ranked by the original model's
+    max-softmax confidence (:func:`confidence_order`; pool indices, so images and labels stay aligned);
+    repair order = that ranking; impair order = the ranking with the noise list inserted
+    (:func:`insert_noise`; ``noise_batches × noise_images`` samples per class in the forget set)."""
+    images, _ = data["retain"]
+    num_classes = ctx.model.num_classes
+    repair, _ = confidence_order(ctx, variables, images)
+    valid_q = noise_valid(data["forget"][1], num_classes, noise_images, 1)
+    noise_order, n_entries = valid_first(jnp.arange(valid_q.shape[0], dtype=jnp.float32), valid_q)
+    impair, n_impair = insert_noise(repair, images.shape[0] + noise_order, n_entries, noise_batches * n_entries)
+    return Phases(impair, n_impair, repair, jnp.int32(images.shape[0]))
 
 
 class CurriculumState(NamedTuple):
-    student: TrainState  # opt_state: the distillation Adam (impair/repair use fresh ones)
+    student: TrainState  # a copy of the original model, then distilled (the distillation Adam's state)
     original: Any  # competent teacher (unchanged)
-    impaired: Any  # the model right after impair: the bad teacher of the distillation phase
+    teacher: Any  # the bad teacher: the original impaired (epoch 0), then repaired (epoch 1)
     subset: jax.Array  # (k,) retain indices for distillation
     phases: Phases
     epoch: jax.Array  # int32: 0 impair, 1 repair, >= 2 distillation
 
 
 @register("noise-student-curriculum",
-          "UNSIR noise impair/repair in easy-first curriculum order, then bad-teacher distillation from the "
-          "impaired model", "this toolkit; idea from NitinPrasad5/Machine-Unlearning, built on UNSIR and Bad "
-          "Teaching", **UNSIR_DEFAULTS, distill_epochs=1, distill_lr=1e-4, distill_batch_size=256,
-          temperature=1.0, retain_fraction=0.3)
+          "the seed's pipeline: UNSIR noise, impair then repair a bad teacher easy-first, distil a copy of the "
+          "original from it and the original", SEED_REPO + "; built on UNSIR and Bad Teaching",
+          batch_size=256, noise_images=3, noise_steps=40, noise_lr=0.1, noise_reg=0.1, noise_batches=80,
+          impair_lr=0.02, repair_lr=0.01, distill_epochs=1, distill_lr=1e-4, distill_batch_size=256,
+          temperature=1.0, retain_fraction=1.0)
 def noise_student_curriculum(ctx: Context, *, batch_size: int, noise_images: int, noise_steps: int,
-                             noise_lr: float, noise_reg: float, noise_copies: int, retain_per_class: int | None,
-                             impair_lr: float, repair_lr: float, distill_epochs: int, distill_lr: float,
-                             distill_batch_size: int, temperature: float, retain_fraction: float) -> Method:
-    """Noise + curriculum + student–teacher, ``2 + distill_epochs`` engine epochs:
+                             noise_lr: float, noise_reg: float, noise_batches: int, impair_lr: float,
+                             repair_lr: float, distill_epochs: int, distill_lr: float, distill_batch_size: int,
+                             temperature: float, retain_fraction: float) -> Method:
+    """The seed's pipeline (``Main.ipynb`` over ``unlearn.py``/``utils.py``), ``2 + distill_epochs`` engine
+    epochs; the student stays a copy of the original model until the distillation:
 
-    0. **Impair**, curriculum order: learn UNSIR noise (:func:`learn_noise`, as ``unsir``) from the original
-       model; one pass of CE with ``Adam(impair_lr)`` over the retain samples ranked easy → hard by the
-       original model's confidence in their label, with the noise copies interleaved evenly
-       (:func:`curriculum_phases`; not shuffled, batches taken in that order). The result is kept as the
-       *impaired model*.
-    1. **Repair**, curriculum order: fresh ``Adam(repair_lr)``, one pass of CE over the same ranked retain
-       samples.
-    2. **Distil** (``distill_epochs`` epochs): bad-teacher distillation (``bad-teacher``'s pass, one
-       ``Adam(distill_lr)`` for all these epochs) of the repaired student, with the *impaired model* as
-       the incompetent teacher on the forget set and the original model as the competent teacher on a
-       per-seed random ``retain_fraction`` of the retain set.
+    ``init``. Curriculum (:func:`curriculum_phases`): *all* retain examples ranked easy → hard by the
+       original model's ``max_c softmax`` (the notebook's ``retain_train_subset`` is ``random.sample`` of
+       100 % of retain).
+    0. **Impair** (the bad teacher): :func:`learn_noise` on the original model (``noise_images`` images per
+       forget class, ``noise_steps`` steps of Adam(``noise_lr``), ``reg = noise_reg``: ``UNSIR_noise_train``
+       ``5 epochs × 8 steps``); from a copy of the original, one *unshuffled* pass, batch ``batch_size``,
+       plain CE, fresh ``Adam(impair_lr)``, train mode, over the ranked retain set with the noise list
+       inserted every ``⌊n_r / (noise_batches · noise_images)⌋`` retain examples (:func:`insert_noise`:
+       80 × 3 = 240 samples for one forget class), noise labelled with its class.
+    1. **Repair** the bad teacher: fresh ``Adam(repair_lr)``, one unshuffled CE pass over the ranked retain
+       set (the notebook's repair cell over ``sorted_retain_train_subset``).
+    2. **Distil** (``distill_epochs``): ``blindspot_unlearner`` — bad-teacher's pass
+       (:func:`~jax_unlearn.methods.distill.bad_teacher_pass`, one ``Adam(distill_lr)``) of the student
+       (the original's copy) on forget ∪ ``retain_fraction`` of retain (100 %, reshuffled per epoch), the
+       *impaired-then-repaired* model the incompetent teacher on forget rows and the original the
+       competent one on retain rows; ``KL`` with torch's ``'mean'`` reduction, ``T = temperature``.
 
-    Epochs branch with ``lax.switch`` on the counter in the state. Seeds differ through the noise
-    initialisation and the distillation subset and shuffles (the curriculum itself is deterministic).
+    Metrics: ``loss`` (the pass's loss), ``noise_loss`` (mean final noise objective over the forget classes;
+    NaN after epoch 0). Seeds differ through the noise initialisation and the distillation shuffles (the
+    curriculum is deterministic).
 
-    Ambiguities (the source repository publishes only a README): "easy" = high confidence
-    ``softmax(M(x))_y`` of the original model, eval mode; the ranking covers the retain samples UNSIR
-    uses (``retain_per_class``); noise is placed evenly rather than first or last so every stage of the
-    curriculum sees it; the bad teacher is the model after impair, before repair (the most "incompetent"
-    model the procedure produces), and the student starts from the repaired model.
+    Deviations from the seed's code, each deliberate:
+
+    * **Index bug fixed.** ``Main.ipynb`` (cell "Curriculum create") scores ``retain_train_subset_dl``
+      (``shuffle=True``) and then pairs the scores with the unshuffled indices:
+      ``sorted_indices = [index for _, index in sorted(zip(all_confidence_scores,
+      retain_train_subset_indices), reverse=True)]`` — each score lands on another example's index, so
+      its "curriculum" is a random order. We score every retain example in data order and sort those
+      (ties in data order; the seed's ``reverse=True`` breaks ties by larger index).
+    * The confidences come from eval mode; the seed's model is in train mode there (a fresh ``resnet18``
+      after ``load_state_dict``), so each score would depend on its shuffled batch's statistics. Noise is
+      learned in eval mode too (the model is frozen there; see ``unsir``).
+    * Random-sample forgetting: the seed forgets one class. We learn noise for every class in the forget
+      set and insert ``noise_batches × noise_images`` samples per such class (classes interleaved).
+      Only the first 3 images of each class's 256-image noise batch enter the seed's list (its loop runs
+      over ``batch[0].size(0)``, the channel count), so ``noise_images = 3`` (as ``unsir``).
+    * The student: the notebook's distillation cell loads a CIFAR-100 super-class checkpoint into a
+      20-class ResNet (left over from the Bad Teaching notebook; it cannot be the CIFAR-10 student); the
+      pipeline's evident student, and ours, is a copy of the original model.
     """
+    if ctx.size("forget") == 0:
+        raise ValueError("noise-student-curriculum needs a non-empty forget set")
     num_classes = ctx.model.num_classes
     impair_pass, repair_pass = ce_pass(ctx, impair_lr, batch_size), ce_pass(ctx, repair_lr, batch_size)
     distill_tx = torch_adam(distill_lr)
@@ -282,34 +330,28 @@ def noise_student_curriculum(ctx: Context, *, batch_size: int, noise_images: int
     k = subset_size(ctx.size("retain"), retain_fraction)
 
     def init(key, start_variables, data):
-        phases = curriculum_phases(ctx, start_variables, data, retain_per_class, noise_images, noise_copies)
+        phases = curriculum_phases(ctx, start_variables, data, noise_images, noise_batches)
         return CurriculumState(create_state(start_variables, distill_tx), start_variables, start_variables,
-                               retain_subset(key, ctx.size("retain"), k), phases,
-                               jnp.zeros((), jnp.int32))
+                               retain_subset(key, ctx.size("retain"), k), phases, jnp.zeros((), jnp.int32))
 
     def epoch(state: CurriculumState, key, data):
         k_noise, k_distill = jax.random.split(key)
         shape = data["retain"][0].shape[1:]
-        variables = variables_of(state.student)
         nan = jnp.float32(jnp.nan)
-
-        def with_variables(s, student):  # keep the distillation optimiser state
-            return s.student._replace(params=student.params, batch_stats=student.batch_stats)
 
         def impair(s):
             noise, objective = learn_noise(ctx, s.original, k_noise, shape, num_classes, noise_images, noise_steps,
                                            noise_lr, noise_reg)
-            student, loss = impair_pass(variables, data, noise, s.phases.impair, s.phases.n_impair)
-            return (s._replace(student=with_variables(s, student), impaired=variables_of(student)), loss,
-                    mean_over_present(objective, data["forget"][1]))
+            teacher, loss = impair_pass(s.original, data, noise, s.phases.impair, s.phases.n_impair)
+            return s._replace(teacher=variables_of(teacher)), loss, mean_over_present(objective, data["forget"][1])
 
         def repair(s):
-            student, loss = repair_pass(variables, data, no_noise(num_classes, shape), s.phases.repair,
+            teacher, loss = repair_pass(s.teacher, data, no_noise(num_classes, shape), s.phases.repair,
                                         s.phases.n_repair)
-            return s._replace(student=with_variables(s, student)), loss, nan
+            return s._replace(teacher=variables_of(teacher)), loss, nan
 
         def distill(s):
-            student, loss = distill_pass(s.student, k_distill, data, s.subset, s.original, s.impaired)
+            student, loss = distill_pass(s.student, k_distill, data, s.subset, s.original, s.teacher)
             return s._replace(student=student), loss, nan
 
         new, loss, noise_loss = jax.lax.switch(jnp.minimum(state.epoch, 2), (impair, repair, distill), state)

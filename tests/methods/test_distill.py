@@ -30,7 +30,10 @@ HYPER = {
     "scrub": dict(epochs=3, msteps=2, batch_size=16, forget_batch_size=4, lr=0.02),
     "ssd": dict(alpha=2.0, lam=1.0, batch_size=16),
     "unsir": NOISE,
-    "noise-student-curriculum": dict(NOISE, distill_batch_size=16, distill_lr=1e-2),
+    # 2 images x 1 batch per forget class: the noise list is short enough that retain examples lie between
+    # its samples (ratio = 30 // (2 · classes present) >= 3).
+    "noise-student-curriculum": dict(batch_size=16, noise_images=2, noise_steps=3, noise_batches=1,
+                                     distill_batch_size=16, distill_lr=1e-2),
 }
 METHODS = list(HYPER)
 
@@ -148,8 +151,15 @@ def test_registered_with_the_references_defaults():
     }
     for name, defaults in expect.items():
         assert METHOD_TABLE[name].defaults == defaults, name
-    curriculum = METHOD_TABLE["noise-student-curriculum"].defaults
-    assert {k: curriculum[k] for k in expect["unsir"]} == expect["unsir"]
+    # NitinPrasad5/Machine-Unlearning Main.ipynb / unlearn.py: noise batch 256 of which 3 images enter,
+    # UNSIR_noise_train 5 x 8 steps of Adam 0.1 with reg 0.1, num_noise_batches 80, impair Adam 0.02 and
+    # repair Adam 0.01 at batch 256, blindspot_unlearner 1 epoch Adam 1e-4, batch 256, T = 1, on 100 % of
+    # retain (random.sample(retain, int(1 * len))).
+    assert METHOD_TABLE["noise-student-curriculum"].defaults == dict(
+        batch_size=256, noise_images=3, noise_steps=40, noise_lr=0.1, noise_reg=0.1, noise_batches=80,
+        impair_lr=0.02, repair_lr=0.01, distill_epochs=1, distill_lr=1e-4, distill_batch_size=256,
+        temperature=1.0, retain_fraction=1.0)
+    assert "NitinPrasad5/Machine-Unlearning" in METHOD_TABLE["noise-student-curriculum"].reference
     assert all(METHOD_TABLE[name].reference for name in METHODS)
 
 
@@ -277,29 +287,71 @@ def test_noise_and_retain_selection():
 
 # --- noise-student-curriculum ----------------------------------------------------------------------------
 
-def test_curriculum_is_easy_first_with_labels_aligned_and_noise_interleaved(ctx, logits, start, dev):
-    per_class, nb, copies = NOISE["retain_per_class"], NOISE["noise_images"], NOISE["noise_copies"]
-    phases = jax.jit(lambda: noise.curriculum_phases(ctx, start, dev, per_class, nb, copies),
-                     compiler_options=FAST)()
+def _seed_noisy_loader(n_r, n_entries, n_samples):
+    """Main.ipynb ``UNSIR_create_noisy_loader_`` verbatim in plain Python: a list of ``('noise', entry)`` /
+    ``('retain', rank)`` in loader order (noise list entry k is distinct noise entry k % n_entries)."""
+    noisy = [("noise", k % n_entries) for k in range(n_samples)]
+    ratio = int(n_r / len(noisy))
+    out, j = [], 0
+    for num in range(n_r):
+        if num % ratio == 0:
+            out.append(noisy[j])
+            j = (j + 1) % len(noisy)
+        out.append(("retain", num))
+    return out
+
+
+@pytest.mark.parametrize("n_r, n_entries, n_samples, inserted", [
+    (2400, 3, 240, 240),  # one forget class: 80 x 3 samples, one every 10 retain examples
+    (45000, 3, 240, 241),  # CIFAR-10 minus one class: ratio 187, ceil(45000 / 187) = 241 (the list wraps)
+    (1000, 6, 480, 500),  # two forget classes: ratio 2
+    (7, 2, 3, 4),
+])
+def test_noise_is_inserted_as_the_seeds_noisy_loader(n_r, n_entries, n_samples, inserted):
+    noise_base = 10 * n_r
+    order, count = jax.jit(noise.insert_noise, static_argnums=())(
+        jnp.arange(n_r, dtype=jnp.int32), noise_base + jnp.arange(n_entries + 5, dtype=jnp.int32),
+        jnp.int32(n_entries), jnp.int32(n_samples))
+    got = [("noise", int(p) - noise_base) if p >= noise_base else ("retain", int(p))
+           for p in np.asarray(order)[:int(count)]]
+    want = _seed_noisy_loader(n_r, n_entries, n_samples)
+    assert got == want
+    assert sum(kind == "noise" for kind, _ in got) == inserted
+
+
+def test_noise_list_longer_than_retain_puts_one_sample_before_each_retain_example():
+    """Where the seed's ``int(len_retain / len_noise)`` is 0 (a ZeroDivisionError there) the ratio is 1."""
+    order, count = noise.insert_noise(jnp.arange(5, dtype=jnp.int32), 100 + jnp.arange(3, dtype=jnp.int32),
+                                      jnp.int32(3), jnp.int32(240))
+    np.testing.assert_array_equal(np.asarray(order)[:int(count)], [100, 0, 101, 1, 102, 2, 100, 3, 101, 4])
+
+
+def test_curriculum_ranks_all_retain_by_max_softmax_with_labels_aligned(ctx, logits, start, dev):
+    hyper = HYPER["noise-student-curriculum"]
+    nb, batches = hyper["noise_images"], hyper["noise_batches"]
+    phases = jax.jit(lambda: noise.curriculum_phases(ctx, start, dev, nb, batches), compiler_options=FAST)()
     images, labels = dev["retain"]
-    valid = np.asarray(noise.retain_valid(labels, 4, per_class))
-    n_r = int(phases.n_repair)
-    repair = np.asarray(phases.repair)[:n_r]
-    assert n_r == valid.sum() and sorted(repair) == list(np.flatnonzero(valid))
-    probs = np.asarray(jax.nn.softmax(logits(start, images)))
-    confidence = probs[np.arange(len(labels)), np.asarray(labels)]
-    assert (np.diff(confidence[repair]) <= 1e-6).all()  # easy (confident) first
-    assert confidence[repair[0]] > confidence[repair[-1]]
+    n_r = len(labels)
+    repair = np.asarray(phases.repair)
+    assert int(phases.n_repair) == n_r
+    # Brute force: every retain example, by decreasing max-softmax of the original model (eval mode),
+    # each index scored on its own image (the seed's shuffled-loader pairing fixed).
+    top = np.asarray(jax.nn.softmax(logits(start, images))).max(axis=1)
+    np.testing.assert_array_equal(repair, np.argsort(-top, kind="stable"))
+    true_class = np.asarray(jax.nn.softmax(logits(start, images)))[np.arange(n_r), np.asarray(labels)]
+    assert not np.array_equal(repair, np.argsort(-true_class, kind="stable"))  # not p(y|x): max-softmax
 
+    present = sorted(set(np.asarray(dev["forget"][1]).tolist()))
+    n_entries = nb * len(present)
     impair = np.asarray(phases.impair)[:int(phases.n_impair)]
-    is_noise = impair >= len(labels)
-    n_noise = int(np.asarray(noise.noise_valid(dev["forget"][1], 4, nb, copies)).sum())
-    assert is_noise.sum() == n_noise and int(phases.n_impair) == n_r + n_noise
-    np.testing.assert_array_equal(impair[~is_noise], repair)  # same curriculum, noise merged in
-    positions = np.flatnonzero(is_noise) / len(impair)
-    assert positions.min() < 0.1 and positions.max() > 0.9  # spread through the curriculum
+    is_noise = impair >= n_r
+    want = _seed_noisy_loader(n_r, n_entries, batches * n_entries)
+    assert [("noise" if f else "retain") for f in is_noise] == [kind for kind, _ in want]
+    np.testing.assert_array_equal(impair[~is_noise], repair)
+    assert 1 < n_r // (batches * n_entries)  # retain examples between noise samples
 
-    # What a pass fetches: every retain image comes with its own label, every noise image with its class.
+    # What a pass fetches: every retain image with its own label, every noise image with its class; the
+    # noise cycles through each present class's images.
     table = jax.random.normal(jax.random.key(0), (4, nb, 32, 32, 3))
     spy = noise.pool_step(ctx, lambda state, x, y, mask: (x, y), dev, table)
     x, y = jax.jit(spy, compiler_options=FAST)(None, jnp.asarray(impair), jnp.ones(len(impair), bool))
@@ -307,33 +359,58 @@ def test_curriculum_is_easy_first_with_labels_aligned_and_noise_interleaved(ctx,
     pixel = np.rint((x[~is_noise, 0, 0, 0] * 0.25 + 0.5) * 255 / 40).astype(int)
     np.testing.assert_array_equal(pixel, y[~is_noise])
     np.testing.assert_array_equal(y[~is_noise], np.asarray(labels)[impair[~is_noise]])
-    q = impair[is_noise] - len(labels)
+    q = impair[is_noise] - n_r
     np.testing.assert_array_equal(y[is_noise], q % 4)
     np.testing.assert_array_equal(x[is_noise], np.asarray(table)[q % 4, q // 4 % nb])
+    assert set(zip(q % 4, q // 4 % nb)) == {(c, i) for c in present for i in range(nb)}
 
 
-def test_curriculum_distils_the_repaired_student_from_the_impaired_model(runs, ctx, start, dev):
-    """The distillation epoch is exactly bad-teacher's pass from the repaired model (snapshot 1), with the
-    impaired model (snapshot 0) as the incompetent teacher and the original as the competent one."""
-    (final, metrics, snaps), _ = runs("noise-student-curriculum")
+def test_curriculum_roles_student_is_the_original_bad_teacher_is_impaired_then_repaired(runs, ctx, start, dev):
+    """Epochs 0/1 impair then repair the bad teacher (from the original) and leave the student the
+    original, bit for bit; the distillation is bad-teacher's pass of the original with the repaired
+    teacher as the incompetent one (not the impaired, pre-repair model)."""
+    (final, metrics, _), _ = runs("noise-student-curriculum")
     noise_loss = np.asarray(metrics["noise_loss"])
     assert np.isfinite(noise_loss[:, 0]).all() and np.isnan(noise_loss[:, 1:]).all()
     hyper = HYPER["noise-student-curriculum"]
     method = build_method("noise-student-curriculum", ctx, **hyper)
     tx = torch_adam(hyper["distill_lr"])
     pass_ = distill.bad_teacher_pass(ctx, tx, hyper["distill_batch_size"], 1.0)
+    impair_pass = noise.ce_pass(ctx, 0.02, hyper["batch_size"])
+    repair_pass = noise.ce_pass(ctx, 0.01, hyper["batch_size"])
+    shape = dev["retain"][0].shape[1:]
 
     @functools.partial(jax.jit, compiler_options=FAST)
-    def replay(key, repaired, incompetent):
-        k_init, k_epochs = jax.random.split(key)  # make_run's key use; epoch 2 is the distillation
-        subset = method.init(k_init, start, dev).subset
+    def replay(key):
+        k_init, k_epochs = jax.random.split(key)  # make_run's key use
+        s0 = method.init(k_init, start, dev)
+        s1 = method.epoch(s0, jax.random.fold_in(k_epochs, 0), dev)[0]
+        s2 = method.epoch(s1, jax.random.fold_in(k_epochs, 1), dev)[0]
+        k_noise = jax.random.split(jax.random.fold_in(k_epochs, 0))[0]
+        table, _ = noise.learn_noise(ctx, start, k_noise, shape, 4, hyper["noise_images"], hyper["noise_steps"],
+                                     0.1, 0.1)
+        impaired = variables_of(impair_pass(start, dev, table, s0.phases.impair, s0.phases.n_impair)[0])
+        repaired = variables_of(repair_pass(impaired, dev, noise.no_noise(4, shape), s0.phases.repair,
+                                            s0.phases.n_repair)[0])
         k_distill = jax.random.split(jax.random.fold_in(k_epochs, 2))[1]
-        student, _ = pass_(create_state(repaired, tx), k_distill, dev, subset, start, incompetent)
-        return variables_of(student)
+        distil = lambda bad: variables_of(pass_(create_state(start, tx), k_distill, dev, s0.subset, start, bad)[0])  # noqa: E731
+        return (variables_of(s1.student), variables_of(s2.student), s1.teacher, s2.teacher, impaired, repaired,
+                distil(repaired), distil(impaired), s0.subset)
 
     for i, key in enumerate(seed_keys(0, np.arange(2))):
-        impaired, repaired = (jax.tree_util.tree_map(lambda a: a[i, e], snaps) for e in (0, 1))
+        student1, student2, teacher1, teacher2, impaired, repaired, want, other, subset = replay(key)
+        for student in (student1, student2):
+            jax.tree_util.tree_map(np.testing.assert_array_equal, student, start)
+        assert _norm(_diff(teacher1, impaired)) <= TOL * _norm(_diff(impaired, start))
+        assert _norm(_diff(teacher2, repaired)) <= TOL * _norm(_diff(repaired, impaired))
+        assert sorted(np.asarray(subset)) == list(range(30))  # 100 % of retain
         lane = _lane(final, i)
-        moved = _norm(_diff(lane["params"], repaired["params"]))
-        assert _norm(_diff(replay(key, repaired, impaired), lane)) <= TOL * moved
-        assert _norm(_diff(replay(key, repaired, start), lane)) > 1e-3 * moved  # another bad teacher: differs
+        moved = _norm(_diff(lane["params"], start["params"]))
+        assert _norm(_diff(want, lane)) <= TOL * moved
+        assert _norm(_diff(other, lane)) > 1e-3 * moved  # the pre-repair model as bad teacher: differs
+
+
+def test_curriculum_needs_a_forget_set(ctx):
+    empty = type(ctx)(ctx.model, ctx.normalization, {**ctx.sizes, "forget": 0}, ctx.class_counts)
+    with pytest.raises(ValueError, match="forget set"):
+        build_method("noise-student-curriculum", empty)
