@@ -99,8 +99,8 @@ def step_decay_per_epoch(lr, epochs, decay_rate, steps_per_epoch_: int) -> optax
 
     def schedule(count):
         e = count // steps_per_epoch_
-        n = sum((e > (epochs * f) // 10).astype(jnp.float32) for f in (5, 8, 9))  # integer floor, as int(E·f)
-        return lr * decay_rate ** n
+        n = sum((e > (epochs * f) // 10).astype(jnp.int32) for f in (5, 8, 9))  # integer floor, as int(E·f)
+        return lr * jnp.power(decay_rate, n)  # the default float dtype (float64 in float64 tests)
 
     return schedule
 
