@@ -7,10 +7,14 @@ Formats, chosen by the path:
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import re
 import shutil
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,28 +23,61 @@ import numpy as np
 import torch
 from flax import serialization
 
-from converters.resnet18 import CheckpointError, flax_to_torch, torch_to_flax, unwrap_state_dict
+from converters.resnet18 import (CheckpointError, check_flax_variables, flax_to_torch, torch_to_flax,
+                                 unwrap_state_dict)
 
 TORCH_SUFFIXES = (".pth", ".pt")
 FLAX_SUFFIXES = (".msgpack",)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, ANSI escapes removed ('' when there is none)."""
+    text = _ANSI.sub("", str(error))
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_BLOCKED = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
+def _unpickling_message(path: Path, error: BaseException) -> str:
+    """What a weights-only load refused, in one line (torch's own text advises the unsafe retry)."""
+    text = _ANSI.sub("", str(error))
+    blocked = _BLOCKED.search(text)
+    if blocked:
+        return (f"{path}: refused — loading it would import {blocked.group(1)} (pickled Python objects, not just "
+                f"tensors); nothing in it was executed. If it is a whole model saved with torch.save(model), "
+                f"save model.state_dict() instead")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        return f"{path}: not a torch checkpoint (neither a torch.save zip archive nor a pickle)"
+    detail = re.search(r"WeightsUnpickler error: *\n*\s*([^\n]+)", text)
+    return (f"{path}: refused — a weights-only load rejects its contents"
+            f"{f' ({detail.group(1).strip()})' if detail else ''}; nothing in it was executed")
 
 
 def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` file into a plain state dict (wrappers and ``module.`` prefixes removed).
 
     Uses ``torch.load(path, map_location='cpu', weights_only=True)`` only: a pickle that would run code
-    or build arbitrary objects is refused with :class:`CheckpointError`, never executed.
+    or build arbitrary objects is refused with :class:`CheckpointError`, never executed. Every failure is
+    one line naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; we report it
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load — it holds objects or code that a weights-only load "
-                              f"does not allow ({str(e).splitlines()[0][:200]})") from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(_unpickling_message(path, e)) from None
+    except (RuntimeError, EOFError, ValueError, IndexError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint "
+                              f"({_first_line(e)[:200] or type(e).__name__})") from None
     try:
         return unwrap_state_dict(obj)
     except CheckpointError as e:
@@ -50,28 +87,48 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
-    A crash or an exception leaves any previous ``path`` untouched and no partial file behind.
+    A crash or an exception leaves any previous ``path`` untouched and no partial file behind. An
+    :class:`OSError` (no space left, permission denied, …) is re-raised naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would have
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would have
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        _discard(tmp)
+        if e.filename is None or e.filename == tmp:  # name the file the user asked for, not our temporary
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
     return path
 
 
+def _discard(tmp: str | None) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+def torch_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    """``torch.save(state_dict)`` as bytes. Saving to a buffer makes the archive's record name the fixed
+    ``archive/`` (a file path would put the file's name inside), so equal state dicts give equal bytes."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return buffer.getvalue()
+
+
 def save_torch_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """``torch.save`` a state dict atomically."""
-    return atomic_write(path, lambda tmp: torch.save(state_dict, tmp))
+    """``torch.save`` a state dict atomically; equal state dicts give byte-identical files."""
+    data = torch_bytes(state_dict)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def save_flax_variables(variables: Mapping, path: str | os.PathLike) -> Path:
@@ -102,12 +159,16 @@ def load_flax_variables(path: str | os.PathLike) -> dict[str, Any]:
         try:
             tree = serialization.msgpack_restore(path.read_bytes())
         except Exception as e:  # msgpack raises several unrelated types on corrupt input
-            raise CheckpointError(f"{path}: not a Flax msgpack file ({e})") from None
+            reason = _first_line(e)[:200] or type(e).__name__
+            raise CheckpointError(f"{path}: not a Flax msgpack file ({reason})") from None
     else:
         import orbax.checkpoint as ocp
 
-        with ocp.StandardCheckpointer() as ckptr:
-            tree = ckptr.restore(path.absolute())
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                tree = ckptr.restore(path.absolute())
+        except Exception as e:  # orbax/tensorstore raise many types on a corrupt or foreign directory
+            raise CheckpointError(f"{path}: not a readable orbax checkpoint ({_first_line(e)[:200]})") from None
     if not isinstance(tree, Mapping) or "params" not in tree:
         raise CheckpointError(f"{path}: expected Flax variables with 'params' (and 'batch_stats')")
     return jax.tree_util.tree_map(np.asarray, dict(tree))
@@ -117,18 +178,35 @@ def is_torch_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix in TORCH_SUFFIXES
 
 
+def _named(path, fn, *args):
+    """``fn(*args)``, a :class:`CheckpointError` re-raised with ``path`` in front (when not already there)."""
+    try:
+        return fn(*args)
+    except CheckpointError as e:
+        raise CheckpointError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+
+
+def load_model_variables(path: str | os.PathLike, num_classes: int | None = None) -> dict[str, Any]:
+    """A ResNet-18 start model as Flax variables, from ``.pth`` or ``.msgpack`` / orbax, checked the same
+    way whatever the format: exactly ResNet-18's entries and shapes, ``num_classes`` classes (when
+    given), real finite weights. Raises :class:`CheckpointError` naming the file and the entry."""
+    if is_torch_path(path):
+        return _named(path, torch_to_flax, load_torch_checkpoint(path), num_classes)
+    variables = load_flax_variables(path)
+    _named(path, check_flax_variables, variables, num_classes)
+    return variables
+
+
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, num_classes: int | None = None) -> Path:
     """Convert a checkpoint file; the direction follows the file types (``.pth`` ⇄ Flax).
 
-    ``.pth -> .msgpack | orbax dir`` or ``.msgpack | orbax dir -> .pth``. Strict: see :func:`torch_to_flax`.
+    ``.pth -> .msgpack | orbax dir`` or ``.msgpack | orbax dir -> .pth``. Strict both ways (see
+    :func:`load_model_variables`): nothing is written for a checkpoint that fails a check.
     """
     if is_torch_path(src) == is_torch_path(dst):
         raise ValueError(f"one of {src} and {dst} must be a .pth/.pt file and the other a Flax checkpoint "
                          f"(.msgpack or an orbax directory)")
+    variables = load_model_variables(src, num_classes)
     if is_torch_path(src):
-        return save_flax_variables(torch_to_flax(load_torch_checkpoint(src), num_classes), dst)
-    variables = load_flax_variables(src)
-    state_dict = flax_to_torch(variables)
-    if num_classes is not None and state_dict["fc.weight"].shape[0] != num_classes:
-        raise CheckpointError(f"{src}: head has {state_dict['fc.weight'].shape[0]} classes; expected {num_classes}")
-    return save_torch_checkpoint(state_dict, dst)
+        return save_flax_variables(variables, dst)
+    return save_torch_checkpoint(flax_to_torch(variables), dst)

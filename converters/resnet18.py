@@ -104,7 +104,8 @@ def _set(tree, collection: str, path: tuple[str, ...], leaf: str, value):
 def _rules(kind: str):
     """(torch suffix, collection, flax leaf, torch->numpy, numpy->torch) for one module kind."""
     # Copies, never views: a torch tensor's .numpy() shares memory, and the caller may keep training it.
-    f32 = lambda t: np.array(t.detach().cpu().numpy(), np.float32, order="C", copy=True)  # noqa: E731
+    # Through torch's own float32 cast: NumPy has no bfloat16 (a bf16 tensor's .numpy() fails).
+    f32 = lambda t: np.array(t.detach().cpu().to(torch.float32).numpy(), np.float32, order="C", copy=True)  # noqa: E731
     back = lambda a: torch.from_numpy(np.array(a, np.float32, order="C", copy=True))  # noqa: E731
     if kind == "conv":
         return [("weight", "params", "kernel", lambda t: np.ascontiguousarray(f32(t).transpose(2, 3, 1, 0)),
@@ -118,10 +119,30 @@ def _rules(kind: str):
 
 
 def _count_to_flax(t: torch.Tensor) -> np.ndarray:
+    if t.numel() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise CheckpointError(f"expected an integer scalar (a batch count), got {t.dtype} of shape {tuple(t.shape)}")
     value = int(t.item())
     if not 0 <= value < 2**31:
-        raise CheckpointError(f"num_batches_tracked={value} does not fit in int32")
+        raise CheckpointError(f"value {value} is not a batch count in [0, 2**31)")
     return np.asarray(value, np.int32)
+
+
+def check_tensor(key: str, t: torch.Tensor) -> None:
+    """Refuse a weight tensor that is not real floating point (complex, integer, bool) or holds NaN/inf.
+
+    Converting would silently drop an imaginary part or carry a broken model into every run."""
+    if t.is_complex() or not t.is_floating_point():
+        raise CheckpointError(f"{key} has dtype {str(t.dtype).removeprefix('torch.')}; expected real floating "
+                              f"point (float32, float16, bfloat16 or float64)")
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise CheckpointError(f"{key} holds {bad} NaN/inf value(s) of {t.numel()}: the model is broken (diverged "
+                              f"or corrupt); nothing was converted")
+
+
+def nonfinite_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The floating-point entries of ``state_dict`` holding NaN or inf, in order."""
+    return [k for k, t in state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def _count_to_torch(a) -> torch.Tensor:
@@ -132,7 +153,9 @@ def torch_to_flax(state_dict: Mapping[str, torch.Tensor], num_classes: int | Non
     """torchvision ResNet-18 state dict (optionally wrapped) -> Flax ``{'params': ..., 'batch_stats': ...}``.
 
     ``num_classes``, when given, must match the checkpoint's ``fc``. Raises :class:`CheckpointError` on a
-    missing or unexpected key, a shape mismatch, or a head of the wrong size, naming the keys.
+    missing or unexpected key, a shape mismatch, a head of the wrong size, a weight that is not real
+    floating point or holds NaN/inf, or a batch count that is not a non-negative int32 — naming the key.
+    Floating weights of any precision (float16, bfloat16, float64) become float32.
     """
     sd = unwrap_state_dict(state_dict)
     expected = torch_keys()
@@ -150,7 +173,12 @@ def torch_to_flax(state_dict: Mapping[str, torch.Tensor], num_classes: int | Non
     for module, path, kind in layout():
         for suffix, collection, leaf, to_flax, _ in _rules(kind):
             key = f"{module}.{suffix}"
-            value = to_flax(sd[key])
+            if suffix != "num_batches_tracked":
+                check_tensor(key, sd[key])
+            try:
+                value = to_flax(sd[key])
+            except CheckpointError as e:
+                raise CheckpointError(f"{key}: {e}") from None
             want = _get(shapes, collection, path, leaf)
             if value.shape != want:
                 raise CheckpointError(f"{key}: shape {tuple(sd[key].shape)} does not fit ResNet-18 "
@@ -179,6 +207,8 @@ def flax_to_torch(variables: Mapping) -> "collections.OrderedDict[str, torch.Ten
                 value = _get(variables, collection, path, leaf)
             except (KeyError, TypeError):
                 raise CheckpointError(f"Flax variables lack {name} (for {module}.{suffix})") from None
+            if np.asarray(value).dtype.kind not in "fiu" and np.asarray(value).dtype.name != "bfloat16":
+                raise CheckpointError(f"{name} has dtype {np.asarray(value).dtype}; expected real numbers")
             if np.shape(value) != _get(shapes, collection, path, leaf):
                 raise CheckpointError(f"{name}: shape {np.shape(value)} does not fit ResNet-18 "
                                       f"(expects {_get(shapes, collection, path, leaf)})")
@@ -190,3 +220,19 @@ def flax_to_torch(variables: Mapping) -> "collections.OrderedDict[str, torch.Ten
     if extra:
         raise CheckpointError(f"Flax variables hold entries ResNet-18 does not have: {extra[:20]}")
     return out
+
+
+def check_flax_variables(variables: Mapping, num_classes: int | None = None) -> None:
+    """Check Flax variables as :func:`torch_to_flax` checks a state dict: exactly ResNet-18's entries and
+    shapes (via :func:`flax_to_torch`), the head's class count when ``num_classes`` is given, and finite
+    values. Raises :class:`CheckpointError` naming the entry."""
+    state_dict = flax_to_torch(variables)
+    classes = state_dict["fc.weight"].shape[0]
+    if num_classes is not None and classes != num_classes:
+        raise CheckpointError(f"the head (params/fc/kernel) has {classes} classes; expected {num_classes}")
+    for key, t in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            if int(t) < 0:
+                raise CheckpointError(f"{key}: value {int(t)} is not a batch count")
+            continue
+        check_tensor(key, t)

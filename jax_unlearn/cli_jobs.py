@@ -15,25 +15,86 @@ DATASETS = ("fashion-mnist", "idx", "kaggle", "cifar10")
 
 
 def _positive(value: str) -> int:
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
     return n
+
+
+def _seed(value: str) -> int:
+    """A seed: an integer in [0, 2**32) (keys fold in uint32 seed ids)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {value!r}")
+    return n
+
+
+def _class_ids(value: str) -> tuple[int, ...]:
+    """``'3,5'`` -> (3, 5)."""
+    ids = []
+    for part in value.split(","):
+        if part.strip():
+            try:
+                ids.append(int(part))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected comma-separated integer class ids like 3,5; "
+                                                 f"{part.strip()!r} is not an integer") from None
+    if not ids:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer class ids like 3,5, got {value!r}")
+    return tuple(ids)
+
+
+def _fraction(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        x = -1.0
+    if not 0.0 < x < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {value!r}")
+    return x
+
+
+def check_output(path: str | Path, flag: str = "--out") -> Path:
+    """Fail now, not after training, when ``path`` cannot be written: the nearest existing folder above it
+    must be a folder (not a regular file) and writable. Creates nothing."""
+    import errno
+    import os
+
+    path = Path(path)
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{flag} {path} lies under a regular file, not a folder", str(probe))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{flag} {path}: permission denied", str(probe))
+    return path
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     g.add_argument("--data-dir", default=None, help="data folder (default for fashion-mnist: the Debian package's)")
-    g.add_argument("--forget", default="random", choices=("random", "classes", "groups", "index_file"),
-                   help="forget-set selection for data sets that do not ship one")
-    g.add_argument("--forget-fraction", type=float, default=0.1)
-    g.add_argument("--forget-classes", default="", help="comma-separated class ids (--forget classes)")
-    g.add_argument("--forget-groups", type=int, default=None, help="number of subjects (--forget groups)")
-    g.add_argument("--forget-index", default=None, help=".npy index file (--forget index_file; cifar10: the kit's)")
-    g.add_argument("--max-train", type=_positive, default=None, help="seeded subset of the training set")
-    g.add_argument("--max-eval", type=_positive, default=None, help="limit validation and test to this many each")
-    g.add_argument("--data-seed", type=int, default=0)
+    g.add_argument("--forget", default=None, choices=("random", "classes", "groups", "index_file"),
+                   help="forget-set selection for data sets that do not ship one (not kaggle: its forget set is "
+                        "forget.csv) (default: random)")
+    g.add_argument("--forget-fraction", type=_fraction, default=None,
+                   help="share forgotten (--forget random; --forget groups without --forget-groups) (default: 0.1)")
+    g.add_argument("--forget-classes", type=_class_ids, default=None, metavar="IDS",
+                   help="comma-separated class ids, e.g. 3,5 (needs --forget classes)")
+    g.add_argument("--forget-groups", type=_positive, default=None, help="number of subjects (needs --forget groups)")
+    g.add_argument("--forget-index", default=None, help=".npy index file (needs --forget index_file; cifar10 "
+                   "with --forget random: the starting kit's forget_idx.npy)")
+    g.add_argument("--max-train", type=_positive, default=None, help="seeded subset of the training set (default: all)")
+    g.add_argument("--max-eval", type=_positive, default=None,
+                   help="limit validation and test to this many each (default: all)")
+    g.add_argument("--data-seed", type=_seed, default=0, help="seed of the subsets and of the forget selection")
 
 
 def load_data(args: argparse.Namespace):
@@ -41,19 +102,36 @@ def load_data(args: argparse.Namespace):
     from jax_unlearn.data import ForgetSpec, load_dataset
 
     options = {"seed": args.data_seed, "max_train": args.max_train, "max_eval": args.max_eval}
+    given = [flag for flag, value in (("--forget", args.forget), ("--forget-fraction", args.forget_fraction),
+                                      ("--forget-classes", args.forget_classes),
+                                      ("--forget-groups", args.forget_groups),
+                                      ("--forget-index", args.forget_index)) if value is not None]
+    if args.dataset == "kaggle" and given:
+        raise ValueError(f"{', '.join(given)}: the kaggle data set ships its forget set (forget.csv); "
+                         f"drop the --forget* flags")
+    kind = args.forget or "random"
+    needs = {"--forget-classes": "classes", "--forget-groups": "groups",
+             "--forget-index": "index_file" if args.dataset != "cifar10" or args.forget else None}
+    for flag, wanted in needs.items():
+        if wanted and flag in given and kind != wanted:
+            raise ValueError(f"{flag} needs --forget {wanted} "
+                             f"(--forget is {kind}{'' if args.forget else ' by default'})")
     if args.dataset != "kaggle":
-        classes = tuple(int(c) for c in args.forget_classes.split(",") if c.strip())
-        spec = ForgetSpec(kind=args.forget, fraction=args.forget_fraction, classes=classes,
-                          num_groups=args.forget_groups, index_file=args.forget_index, seed=args.data_seed)
-        if args.dataset == "cifar10" and args.forget_index and args.forget == "random":
+        spec = ForgetSpec(kind=kind, fraction=0.1 if args.forget_fraction is None else args.forget_fraction,
+                          classes=args.forget_classes or (), num_groups=args.forget_groups,
+                          index_file=args.forget_index, seed=args.data_seed)
+        if args.dataset == "cifar10" and args.forget_index and kind == "random":
             options["forget_idx"] = args.forget_index
         else:
             options["forget"] = spec
     return load_dataset(args.dataset, args.data_dir, **options)
 
 
-def _hyper(pairs: list[str]) -> dict:
-    """``--set lr=0.01 --set epochs=2`` -> {'lr': 0.01, 'epochs': 2} (values parsed as JSON when possible)."""
+def _hyper(pairs: list[str], method: str | None = None) -> dict:
+    """``--set lr=0.01 --set epochs=2`` -> {'lr': 0.01, 'epochs': 2} (values parsed as JSON when possible).
+
+    With ``method`` (a registered name, or ``'sisa'``) every value is checked against the method's declared
+    defaults (:func:`jax_unlearn.hyper.check_hyper`: type, range, known name) — before anything is written."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
@@ -63,13 +141,27 @@ def _hyper(pairs: list[str]) -> dict:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
             out[k] = v
-    return out
+    if method is None:
+        return out
+    from jax_unlearn.hyper import check_hyper
+
+    if method == "sisa":
+        from jax_unlearn.methods import sisa
+
+        defaults = {k: v for k, v in sisa.DEFAULTS.items() if k != "num_shards"}
+        unknown = sorted(set(out) - set(defaults))
+        if unknown:  # sisa_job names them (and the valid ones) itself
+            return out
+        return check_hyper("sisa", defaults, out)
+    from jax_unlearn.methods import get_method
+
+    return check_hyper(method, get_method(method).defaults, out)
 
 
 def _run_args(p: argparse.ArgumentParser, n_default: int = 8) -> None:
     p.add_argument("--out", required=True, help="run folder (resumed when it holds the same config)")
-    p.add_argument("--n-seeds", type=_positive, default=n_default)
-    p.add_argument("--base-seed", type=int, default=0)
+    p.add_argument("--n-seeds", type=_positive, default=n_default, help="number of models (seeds 0..N-1)")
+    p.add_argument("--base-seed", type=_seed, default=0, help="seed i runs with fold_in(key(base_seed), i)")
     p.add_argument("--chunk-size", type=_positive, default=None, help="lanes per compiled chunk (default: "
                    "from free device memory; 8 on CPU)")
     _set_arg(p, "method hyper-parameter; a JSON list sweeps it (n-seeds lanes per setting)")
@@ -134,12 +226,10 @@ def _run_config(args):
 
 
 def _load_variables(path: str, num_classes: int):
-    from converters import load_flax_variables, load_torch_checkpoint, torch_to_flax
-    from converters.io import is_torch_path
+    """The start model, checked alike for .pth and .msgpack (keys, shapes, classes, finite weights)."""
+    from converters import load_model_variables
 
-    if is_torch_path(path):
-        return torch_to_flax(load_torch_checkpoint(path), num_classes)
-    return load_flax_variables(path)
+    return load_model_variables(path, num_classes)
 
 
 def _methods_args(p):
@@ -173,8 +263,8 @@ def _methods(args) -> int:
 
 def _train_original_args(p):
     p.add_argument("--out", required=True, help="output .pth (a .msgpack is written beside it)")
-    p.add_argument("--epochs", type=_positive, default=30)
-    p.add_argument("--seed", type=int, default=10_000)
+    p.add_argument("--epochs", type=_positive, default=30, help="training epochs")
+    p.add_argument("--seed", type=_seed, default=10_000, help="the model's seed (kept apart from run seeds)")
     _device_arg(p)
     _data_args(p)
 
@@ -188,6 +278,7 @@ def _train_original(args) -> int:
     out = Path(args.out)
     if out.suffix != ".pth":
         raise ValueError(f"--out must end in .pth, got {out}")
+    check_output(out)  # before training, not after
     data = load_data(args)
     variables, metrics = train_original(data, seed=args.seed, epochs=args.epochs)
     save_torch_checkpoint(flax_to_torch(variables), out)
@@ -204,14 +295,19 @@ def _unlearn_args(p):
 
 
 def _unlearn(args) -> int:
-    """Run N seeds of an unlearning method from the original model into a run folder."""
+    """Run N seeds of an unlearning method from the original model into a run folder.
+
+    Method hyper-parameters and their defaults: `jax-unlearn methods`. A seed whose loss or weights become
+    NaN/inf ends the command with exit code 4, naming the seeds and epochs (`export` refuses them)."""
+    hyper = _hyper(args.set, args.method)  # checked before anything is loaded or written
+    check_output(args.out)
     select_device(args.device)
     from jax_unlearn.jobs import run_population
 
     data = load_data(args)
     start = _load_variables(args.original, data.num_classes)
     folder = run_population(args.out, args.method, data, start_variables=start, n_seeds=args.n_seeds,
-                            base_seed=args.base_seed, chunk_size=args.chunk_size, hyper=_hyper(args.set),
+                            base_seed=args.base_seed, chunk_size=args.chunk_size, hyper=hyper,
                             run_config=_run_config(args), dtype=args.dtype,
                             model=_model(args, data.num_classes), extra_config={"original": str(args.original)})
     print(f"wrote {folder.path} ({args.n_seeds} seeds); metrics in {folder.path / 'metrics.csv'}")
@@ -220,38 +316,54 @@ def _unlearn(args) -> int:
 
 def _retrain(args) -> int:
     """Train N models from scratch on the retain set: the reference population for the metric."""
+    hyper = _hyper(args.set, "retrain")
+    check_output(args.out)
     select_device(args.device)
     from jax_unlearn.jobs import run_population
 
     data = load_data(args)
     folder = run_population(args.out, "retrain", data, n_seeds=args.n_seeds, base_seed=args.base_seed,
-                            chunk_size=args.chunk_size, hyper=_hyper(args.set), run_config=_run_config(args),
+                            chunk_size=args.chunk_size, hyper=hyper, run_config=_run_config(args),
                             dtype=args.dtype, model=_model(args, data.num_classes))
     print(f"wrote {folder.path} ({args.n_seeds} retrained models)")
     return 0
 
 
 def _export_args(p):
-    p.add_argument("run_dir")
-    p.add_argument("out_dir")
-    p.add_argument("--n", type=_positive, default=None, help="number of checkpoints required (default: all)")
-    p.add_argument("--stage", type=int, default=None, help="export the k-th stage snapshot instead")
-    p.add_argument("--no-zip", action="store_true")
+    p.add_argument("run_dir", help="a finished run folder (of `unlearn` or `retrain`)")
+    p.add_argument("out_dir", help="folder for unlearned_checkpoint_{i}.pth and submission.zip (created; "
+                   "checkpoints of an earlier, larger export there are removed)")
+    p.add_argument("--n", type=_positive, default=None,
+                   help="refuse unless the run holds exactly this many models (default: all of them)")
+    p.add_argument("--stage", type=int, default=None, help="export the snapshot of stage K (counted from 0: 0 "
+                   "is the first snapshot, after --snapshot-every epochs) instead of the final models")
+    p.add_argument("--no-zip", action="store_true", help="write the .pth files only")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="export models with NaN/inf weights too (refused otherwise)")
 
 
 def _export(args) -> int:
-    """Write unlearned_checkpoint_{i}.pth for every seed and submission.zip holding exactly N of them."""
+    """Write unlearned_checkpoint_{i}.pth for every seed and submission.zip holding exactly N of them.
+
+    All or nothing: nothing is written unless every model is exported (an incomplete run or a model with
+    NaN/inf weights is refused). Identical runs give byte-identical files."""
     from jax_unlearn.runs import RunFolder, export_pth
 
+    if args.stage is not None and args.stage < 0:
+        raise ValueError(f"--stage counts from 0, got {args.stage}")
+    check_output(args.out_dir, "out_dir")
     paths = export_pth(RunFolder(args.run_dir), args.out_dir, n=args.n, stage=args.stage,
-                       zip_name=None if args.no_zip else "submission.zip")
+                       zip_name=None if args.no_zip else "submission.zip", allow_nonfinite=args.allow_nonfinite)
     print(f"wrote {len(paths)} checkpoints to {args.out_dir}" + ("" if args.no_zip else " + submission.zip"))
     return 0
 
 
 def _evaluate_args(p):
-    p.add_argument("run_dir")
-    p.add_argument("--retrained", default=None, help="run folder of the retrained reference population")
+    p.epilog = ("The data flags must repeat the ones the runs were made with: the split contents are checked "
+                "against each run folder's data.json and a mismatch is refused.")
+    p.add_argument("run_dir", help="run folder of the unlearned population (`jax-unlearn unlearn`)")
+    p.add_argument("--retrained", default=None, help="run folder of the reference population (`jax-unlearn "
+                   "retrain`, same data flags); enables the competition score")
     p.add_argument("--report-dir", default=None, help="default: RUN_DIR/evaluation")
     _device_arg(p)
     _data_args(p)
@@ -322,13 +434,17 @@ def _demo(args) -> int:
 
 
 def _retrain_args(p):
+    from jax_unlearn.methods import get_method
+
+    defaults = ", ".join(f"{k}={v}" for k, v in get_method("retrain").defaults.items())
+    p.epilog = f"retrain hyper-parameters (--set NAME=VALUE) and their defaults: {defaults}"
     _run_args(p)
 
 
 def _sisa_args(p):
     p.add_argument("--out", required=True, help="run folder (resumed when it holds the same config)")
     p.add_argument("--shards", type=int, default=5, help="number of shards S, 2 <= S <= retain + forget")
-    p.add_argument("--seed", type=int, default=0, help="key(seed): the partition and the shards' keys")
+    p.add_argument("--seed", type=_seed, default=0, help="key(seed): the partition and the shards' keys")
     _set_arg(p, "SISA hyper-parameter: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
                 "class_weighted, augment (defaults: the reference's)")
     _model_args(p)
@@ -348,7 +464,7 @@ def _sisa(args) -> int:
     if args.shards < 2:  # fail before loading data
         check_shards(args.shards, args.shards)
     data = load_data(args)
-    report = run_sisa(args.out, data, num_shards=args.shards, seed=args.seed, hyper=_hyper(args.set),
+    report = run_sisa(args.out, data, num_shards=args.shards, seed=args.seed, hyper=_hyper(args.set, "sisa"),
                       dtype=args.dtype, model=_model(args, data.num_classes), log=print)
     print(format_sisa(report))
     print(f"wrote {args.out}")

@@ -19,7 +19,8 @@ Two steps, so each can be used alone:
   ``print(format_summary(report))`` shows it as a table.
 
 Both populations are evaluated on the same :class:`UnlearningData`, which must be the data the runs used
-(split sizes are checked against each folder's ``data.json``). Reference:
+(split sizes and contents are checked against each folder's ``data.json``; a mismatch, an incomplete or
+a diverged run, or a reference that is not a ``retrain`` run is refused before any model runs). Reference:
 google-deepmind/unlearning_evaluation (``main.py``) and :mod:`jax_unlearn.metrics`.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.models import make_model
 from jax_unlearn.metrics import (cross_entropy_per_example, final_score, kit_mia, logit_scaled_confidence,
                                  per_example_epsilon, score_from_epsilons, small_n_note, svc_mia_efficacy)
-from jax_unlearn.runs import NonFiniteError, RunFolder, RunFolderError, write_json
+from jax_unlearn.runs import NonFiniteError, RunFolder, RunFolderError, diverged_seeds, write_json
 
 ACCURACIES = tuple(f"{split}_acc" for split in SPLITS)
 MIA_SPLITS = ("retain", "test", "forget")
@@ -315,6 +316,11 @@ def evaluate(unlearned_dir: str | os.PathLike, data: UnlearningData, *,
         missing = folder.missing_chunks()
         if missing:
             raise RunFolderError(f"{folder.path} is incomplete: chunk(s) {missing} missing (rerun its command)")
+        if (folder.path / "metrics.csv").is_file():  # a diverged run is refused before any model runs
+            bad = diverged_seeds(pd.read_csv(folder.path / "metrics.csv"))
+            if bad:
+                raise NonFiniteError(f"{folder.path}: seed(s) {sorted(bad)[:20]} diverged (NaN/inf loss or weights, "
+                                     f"metrics.csv column 'finite'); such a run cannot be scored")
     pops = {family: population_outputs(d, data, batch_size=batch_size, mia_models=mia_models, progress=progress)
             for family, d in dirs.items()}
     report: dict[str, Any] = {"data": {"sizes": data.sizes(), "num_classes": data.num_classes,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -27,11 +28,21 @@ import numpy as np
 import pandas as pd
 
 from converters import atomic_write, flax_to_torch, save_torch_checkpoint
+from converters.resnet18 import nonfinite_keys
 from jax_unlearn.engine.run import is_primary
 
 
 class RunFolderError(ValueError):
     """A run folder that does not hold what was asked of it."""
+
+
+class NonFiniteError(RunFolderError):
+    """NaN/inf losses or weights: a diverged run, or an export asked to write such models."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)[:300]
 
 
 def _json_default(o):
@@ -98,7 +109,23 @@ class RunFolder:
     def load_chunk(self, c: int) -> dict[str, Any]:
         if not self.chunk_done(c):
             raise RunFolderError(f"{self.chunk_dir(c)} missing: the run did not finish (rerun its command)")
-        return _load_tree(self.chunk_dir(c))
+        return _load_tree(self.chunk_dir(c), f"chunk {c}")
+
+    def missing_chunks(self) -> list[int]:
+        """The chunks not (yet) written: a run that was stopped, or whose chunk folders were deleted."""
+        return [c for c in self.chunks() if not self.chunk_done(c)]
+
+    def check_finite(self, metrics: pd.DataFrame) -> None:
+        """Raise :class:`NonFiniteError` naming the seeds whose loss or weights became NaN/inf, and the first
+        such epoch of each (the engine's per-epoch ``finite`` flag, :func:`diverged_seeds`)."""
+        bad = diverged_seeds(metrics)
+        if bad:
+            shown = ", ".join(f"seed {s} from epoch {e}" for s, e in list(bad.items())[:10])
+            more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise NonFiniteError(
+                f"{len(bad)} of {metrics['seed'].nunique()} seeds diverged (NaN/inf loss or weights): {shown}{more}; "
+                f"their models stay in {self.path} (metrics.csv column 'finite') but `export` refuses them — "
+                f"lower the learning rate or change the batch size")
 
     # -- named checkpoints (jobs that are not one model per seed, e.g. SISA's shard ensembles) -----------
     def has_tree(self, name: str) -> bool:
@@ -112,7 +139,7 @@ class RunFolder:
         """The pytree :meth:`save_tree` wrote, as NumPy arrays."""
         if not self.has_tree(name):
             raise RunFolderError(f"{self.path / name} missing: the run did not finish (rerun its command)")
-        return _load_tree(self.path / name)
+        return _load_tree(self.path / name, name)
 
     def chunks(self) -> list[int]:
         n, k = self.config["n_seeds"], self.config["chunk_size"]
@@ -149,19 +176,45 @@ class RunFolder:
         return df
 
 
+def diverged_seeds(metrics: pd.DataFrame) -> dict[int, int]:
+    """``{seed: first epoch (1-based)}`` of the seeds whose per-epoch ``finite`` flag is false (runs from
+    before the flag existed: none)."""
+    if "finite" not in metrics:
+        return {}
+    bad = metrics[~metrics["finite"].astype(bool)]
+    return {int(s): int(e) for s, e in bad.groupby("seed")["epoch"].min().items()}
+
+
 def _save_tree(target: Path, tree: Any) -> None:
     import orbax.checkpoint as ocp
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(target.absolute(), tree)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(target.absolute(), tree)
+    except OSError as e:
+        _discard_partial(target)
+        raise type(e)(e.errno, e.strerror or _first_line(e), str(e.filename or target)) from None
+    except Exception as e:  # noqa: BLE001 — orbax/tensorstore wrap the OS error (e.g. no space left) in others
+        _discard_partial(target)
+        raise OSError(None, f"could not write the checkpoint ({_first_line(e)})", str(target)) from None
 
 
-def _load_tree(target: Path) -> Any:
+def _discard_partial(target: Path) -> None:
+    """Remove what a failed orbax save left (its temporary directory beside ``target``)."""
+    for tmp in target.parent.glob(f"{target.name}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_tree(target: Path, what: str = "checkpoint") -> Any:
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(target.absolute())
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(target.absolute())
+    except Exception as e:  # noqa: BLE001 — a corrupt or emptied checkpoint fails in tensorstore, zstd, ...
+        raise RunFolderError(f"{target}: {what} is unreadable ({_first_line(e)}); delete that folder and rerun "
+                             f"the run's command to recompute it") from None
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
@@ -174,34 +227,88 @@ def _stage(chunk, stage: int, path: Path):
     return jax.tree_util.tree_map(lambda a: a[:, stage], chunk["snapshots"])
 
 
+def _zip_deterministic(tmp: str, files: list[Path]) -> None:
+    """A zip of ``files`` (by name) whose bytes depend on their contents only: fixed timestamps and modes."""
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in files:
+            info = zipfile.ZipInfo(p.name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type, info.external_attr, info.file_size = zipfile.ZIP_DEFLATED, 0o644 << 16, p.stat().st_size
+            with open(p, "rb") as src, zf.open(info, "w") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
 def export_pth(run: RunFolder, out_dir: str | os.PathLike, *, n: int | None = None, stage: int | None = None,
-               zip_name: str | None = "submission.zip", prefix: str = "unlearned_checkpoint_") -> list[Path]:
+               zip_name: str | None = "submission.zip", prefix: str = "unlearned_checkpoint_",
+               allow_nonfinite: bool = False) -> list[Path]:
     """Write ``{prefix}{i}.pth`` (torchvision state dicts) for seeds ``i = 0..n-1`` and, when ``zip_name``,
     a zip holding exactly those ``n`` files — as the Kaggle notebook's submission. Streams one model at
     a time (512 ResNet-18s do not fit in host memory). Refuses to zip a count other than ``n``.
+
+    All or nothing: the files are written into a temporary folder inside ``out_dir`` and moved into place
+    only when every model was written; a refusal or an error leaves ``out_dir`` as it was. Checkpoints
+    ``{prefix}{j}.pth`` of an earlier, larger export (``j >= n``) are removed, so the folder holds exactly
+    this export. Models with NaN/inf weights are refused (:class:`NonFiniteError`, naming the seeds)
+    unless ``allow_nonfinite``. Identical models give byte-identical ``.pth`` files and zip.
     """
-    n_run = run.config["n_seeds"]
+    config = run.config
+    n_run = config["n_seeds"]
     n = n_run if n is None else n
     if n != n_run:
         raise RunFolderError(f"{run.path} holds {n_run} seeds; refusing to export {n}")
+    missing = run.missing_chunks()
+    if missing:
+        raise RunFolderError(f"{run.path} is incomplete: chunk(s) {missing} of {len(run.chunks())} missing (the run "
+                             f"was stopped; rerun its command to finish it); nothing exported")
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for seed, variables in run.iter_models(stage):
-        paths.append(save_torch_checkpoint(flax_to_torch(variables), out_dir / f"{prefix}{seed}.pth"))
-    if sorted(int(p.stem[len(prefix):]) for p in paths) != list(range(n)):
-        raise RunFolderError(f"expected seeds 0..{n - 1} in {run.path}, found {len(paths)} models")
-    if zip_name:
-        def write_zip(tmp):
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-                for p in paths:
-                    zf.write(p, arcname=p.name)
-            with zipfile.ZipFile(tmp) as zf:
-                if len(zf.namelist()) != n:
-                    raise RunFolderError(f"zip holds {len(zf.namelist())} files, expected {n}")
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        written: dict[int, Path] = {}
+        nonfinite: list[int] = []
+        for seed, variables in run.iter_models(stage):
+            state_dict = flax_to_torch(variables)
+            if nonfinite_keys(state_dict):
+                nonfinite.append(seed)
+            if nonfinite and not allow_nonfinite:
+                continue  # keep reading, to name every such seed; nothing is exported
+            name = f"{prefix}{seed}.pth"
+            try:
+                written[seed] = save_torch_checkpoint(state_dict, staging / name)
+            except OSError as e:  # name the file the user will look for, not the staging folder
+                raise type(e)(e.errno, e.strerror or str(e), str(out_dir / name)) from None
+        if nonfinite and not allow_nonfinite:
+            raise NonFiniteError(f"{run.path}: {len(nonfinite)} model(s) hold NaN/inf weights (seeds "
+                                 f"{nonfinite[:20]}{' ...' if len(nonfinite) > 20 else ''}); refusing to export "
+                                 f"them (--allow-nonfinite writes them anyway); nothing exported")
+        if sorted(written) != list(range(n)):
+            raise RunFolderError(f"expected seeds 0..{n - 1} in {run.path}, found {len(written)} models")
+        paths = [written[i] for i in range(n)]
+        if zip_name:
+            def write_zip(tmp):
+                _zip_deterministic(tmp, paths)
+                with zipfile.ZipFile(tmp) as zf:
+                    if len(zf.namelist()) != n:
+                        raise RunFolderError(f"zip holds {len(zf.namelist())} files, expected {n}")
 
-        atomic_write(out_dir / zip_name, write_zip)
-    return paths
+            atomic_write(staging / zip_name, write_zip)
+        for stale in out_dir.glob(f"{prefix}*.pth"):
+            index = stale.name[len(prefix):-len(".pth")]
+            if index.isdigit() and int(index) >= n:
+                stale.unlink()
+        final = [out_dir / p.name for p in paths]
+        for p, dst in zip(paths, final):
+            os.replace(p, dst)
+        if zip_name:
+            os.replace(staging / zip_name, out_dir / zip_name)
+        return final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_chunks(run: RunFolder) -> None:

@@ -77,7 +77,15 @@ def read_table(path: str | os.PathLike, num_classes: int = NUM_CLASSES) -> pd.Da
         if not person or not image_id.startswith(person + "-") or len(image_id) == len(person) + 1:
             raise DataError(f"{path} line {lines[row]}: image_id {image_id!r} does not match "
                             f"'<person_id>-<n>' for person_id {person!r}")
+        if any(_escapes(part) for part in (person, image_id[len(person) + 1:])):  # images/<person>/<n>.png
+            raise DataError(f"{path} line {lines[row]}: image_id {image_id!r} / person_id {person!r} would name a "
+                            f"file outside {path.parent / 'images'} (a path separator or '..'); refused")
     return pd.DataFrame({"image_id": image_ids, "person_id": persons, "label": labels, "line": lines})
+
+
+def _escapes(part: str) -> bool:
+    """Whether an id used as a path component could leave its folder (separators, '.', '..', NUL)."""
+    return part in (".", "..") or any(c in part for c in ("/", "\\", "\0"))
 
 
 def image_path(folder: str | os.PathLike, image_id: str, person_id: str) -> Path:

@@ -6,6 +6,7 @@ fly by :meth:`Normalization.apply`, so a data set costs 3 KB per image wherever 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -117,3 +118,19 @@ class UnlearningData:
 
     def sizes(self) -> dict[str, int]:
         return {name: len(self.split(name)) for name in SPLITS}
+
+    def digests(self) -> dict[str, str]:
+        """A SHA-256 (hex, first 16 digits) of each split's contents — images, labels, groups, ids, in
+        order — so a run folder records *which* examples it was run on, not only how many (two forget sets
+        of the same size differ here)."""
+        out = {}
+        for name in SPLITS:
+            split = self.split(name)
+            h = hashlib.sha256()
+            for part in (split.images, split.labels, split.groups, split.ids):
+                if part is not None:
+                    part = np.ascontiguousarray(part.astype(str) if part.dtype.kind in "OUS" else part)
+                    h.update(str((part.dtype.str, part.shape)).encode())
+                    h.update(part.tobytes())
+            out[name] = h.hexdigest()[:16]
+        return out

@@ -48,7 +48,7 @@ def _check_vmap_equals_single(tiny_data, tiny_model, start, tol):
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, single(keys[1], start, data)[0])
     a, b = (np.asarray(many_vars["params"]["fc"]["kernel"][i]) for i in (0, 1))
     assert not np.allclose(a, b)  # different seeds, different batch orders, different models
-    assert set(many_metrics) == {"loss", "retain_acc", "forget_acc", "validation_acc"}
+    assert set(many_metrics) == {"loss", "retain_acc", "forget_acc", "validation_acc", "finite"}
     assert many_metrics["loss"].shape == (3, 2)
 
 
