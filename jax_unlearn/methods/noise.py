@@ -287,9 +287,10 @@ def noise_student_curriculum(ctx: Context, *, batch_size: int, noise_images: int
     0. **Impair** (the bad teacher): :func:`learn_noise` on the original model (``noise_images`` images per
        forget class, ``noise_steps`` steps of Adam(``noise_lr``), ``reg = noise_reg``: ``UNSIR_noise_train``
        ``5 epochs × 8 steps``); from a copy of the original, one *unshuffled* pass, batch ``batch_size``,
-       plain CE, fresh ``Adam(impair_lr)``, train mode, over the ranked retain set with the noise list
-       inserted every ``⌊n_r / (noise_batches · noise_images)⌋`` retain examples (:func:`insert_noise`:
-       80 × 3 = 240 samples for one forget class), noise labelled with its class.
+       plain CE, fresh ``Adam(impair_lr)``, train mode, over the ranked retain set with the noise list of
+       ``n_s = noise_batches · noise_images`` samples per forget class (80 × 3 = 240 for one class)
+       inserted once every ``⌊n_r / n_s⌋`` retain examples (:func:`insert_noise`), noise labelled with its
+       class.
     1. **Repair** the bad teacher: fresh ``Adam(repair_lr)``, one unshuffled CE pass over the ranked retain
        set (the notebook's repair cell over ``sorted_retain_train_subset``).
     2. **Distil** (``distill_epochs``): ``blindspot_unlearner`` — bad-teacher's pass
@@ -320,6 +321,12 @@ def noise_student_curriculum(ctx: Context, *, batch_size: int, noise_images: int
     * The student: the notebook's distillation cell loads a CIFAR-100 super-class checkpoint into a
       20-class ResNet (left over from the Bad Teaching notebook; it cannot be the CIFAR-10 student); the
       pipeline's evident student, and ours, is a copy of the original model.
+
+    References: github.com/NitinPrasad5/Machine-Unlearning, read at commit 2e9567d (``Main.ipynb``: the
+    curriculum, noisy-loader, impair, repair and distillation cells; ``unlearn.py``: ``UNSIR_noise_train``,
+    ``UnlearnerLoss``, ``blindspot_unlearner``; ``utils.py``; ``dataset.py``: ``UnLearningData``); UNSIR
+    (Tarun et al., IEEE TNNLS 2023) and Bad Teaching (Chundawat et al., AAAI 2023), see ``unsir`` and
+    ``bad-teacher``.
     """
     if ctx.size("forget") == 0:
         raise ValueError("noise-student-curriculum needs a non-empty forget set")
