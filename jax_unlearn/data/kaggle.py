@@ -8,8 +8,11 @@ Layout (as the competition's scoring notebook reads it)::
     original_model.pth                                       the model to unlearn (path recorded only)
 
 ``age_group`` is the label and ``person_id`` the group (mapped to dense ints 0..G-1 in sorted order over
-all CSVs); ``image_id`` becomes :attr:`Split.ids`. Pixels stay raw 0–255 floats (``Normalization()``:
-scale 1, mean 0, std 1), as the official loaders feed them. The forget set is the one in ``forget.csv``.
+all CSVs); ``image_id`` becomes :attr:`Split.ids`. Each split's examples are in :func:`canonical_order`
+(by a hash of image and label), not file order: the order the notebook drop-in
+(:mod:`jax_unlearn.kaggle`) puts the same examples in, read from a shuffling DataLoader, so seed ``i`` of
+``jax-unlearn unlearn --dataset kaggle`` and lane ``i`` of ``unlearning_many`` are the same model. Pixels
+stay raw 0–255 floats (``Normalization()``: scale 1, mean 0, std 1), as the official loaders feed them. The forget set is the one in ``forget.csv``.
 
 Test split: ``test.csv`` when the folder has one; otherwise ``validation.csv`` is halved **by person**
 (a seeded permutation of its persons, see :func:`~jax_unlearn.data.splits.group_halves`) so no person's
@@ -17,6 +20,7 @@ images are in both validation and test. Nothing is ever written to the folder.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -147,6 +151,15 @@ def load_class_counts(folder: str | os.PathLike, num_classes: int = NUM_CLASSES)
     return counts
 
 
+def canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Indices sorting examples by a hash of (image bytes, label as int64): the same order for the same
+    examples however they were shuffled (identical examples are interchangeable). Images must be in the
+    same layout and dtype on both sides to agree (uint8 (N, H, W, 3) for the competition's PNGs)."""
+    digests = [hashlib.blake2b(np.ascontiguousarray(x).tobytes() + np.int64(y).tobytes(), digest_size=16).digest()
+               for x, y in zip(images, labels)]
+    return np.array(sorted(range(len(digests)), key=digests.__getitem__), dtype=np.int64)
+
+
 def _person_codes(persons: list[str]) -> dict[str, int]:
     """Dense ints for person ids: sorted numerically when all are digits, else as strings."""
     unique = sorted(set(persons), key=(lambda p: (int(p), p)) if all(p.isdigit() for p in persons) else str)
@@ -209,8 +222,9 @@ def load_kaggle(
     def split(name: str) -> Split:
         table = tables[name]
         groups = np.array([codes[p] for p in table["person_id"]], np.int32)
-        return Split(read_images(folder, table, sources[name]), table["label"].to_numpy().astype(np.int32),
-                     groups, table["image_id"].to_numpy().astype(str))
+        images, labels = read_images(folder, table, sources[name]), table["label"].to_numpy().astype(np.int32)
+        return Split(images, labels, groups, table["image_id"].to_numpy().astype(str)).take(
+            canonical_order(images, labels))
 
     splits = {"retain": split("retain.csv"), "forget": split("forget.csv"),
               "validation": split("validation.csv"), "test": split(TEST_CSV)}

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from jax_unlearn.data import DataError, Normalization, load_class_counts, load_kaggle
+from jax_unlearn.data.kaggle import canonical_order
 
 from mini_datasets import KAGGLE_PERSONS
 
@@ -23,10 +24,13 @@ def test_loads_the_competition_layout(kaggle_dir):
     assert data.sizes()["retain"] == 18 and data.sizes()["forget"] == 6
     assert len(data.validation) + len(data.test) == 24
     retain_csv = pd.read_csv(kaggle_dir / "retain.csv", dtype={"image_id": str})
-    assert list(data.retain.ids) == list(retain_csv["image_id"])
-    np.testing.assert_array_equal(data.retain.labels, retain_csv["age_group"])
+    # The CSV's rows, in canonical order (by a hash of image and label, as the notebook drop-in orders them).
+    assert sorted(data.retain.ids) == sorted(retain_csv["image_id"])
+    row = {image_id: i for i, image_id in enumerate(data.retain.ids)}
+    np.testing.assert_array_equal(data.retain.labels, retain_csv.set_index("image_id").loc[data.retain.ids, "age_group"])
+    np.testing.assert_array_equal(canonical_order(data.retain.images, data.retain.labels), np.arange(18))
     first = np.asarray(Image.open(kaggle_dir / "images" / "1" / "0.png"))
-    np.testing.assert_array_equal(data.retain.images[0], first)
+    np.testing.assert_array_equal(data.retain.images[row["1-0"]], first)
     # Groups: person ids 1..16 mapped densely in numeric order.
     np.testing.assert_array_equal(data.retain.groups, [int(i.split("-")[0]) - 1 for i in data.retain.ids])
     description = data.description
@@ -49,7 +53,7 @@ def test_test_csv_is_used_when_present(kaggle_dir):
     validation.iloc[6:].to_csv(kaggle_dir / "test.csv", index=False)
     data = load_kaggle(kaggle_dir)
     assert data.description["test_split"] == "test.csv"
-    assert list(data.test.ids) == list(validation["image_id"].iloc[6:])
+    assert sorted(data.test.ids) == sorted(validation["image_id"].iloc[6:])
 
 
 def test_class_counts(kaggle_dir):

@@ -1,0 +1,102 @@
+"""Which of the notebook's loaders a method reads, found by tracing the method, not by a hand-kept list.
+
+:func:`splits_used` builds the method on a context whose split sizes, class counts and data record every
+access, and traces one whole run abstractly (``jax.eval_shape``: shapes only, nothing computed or
+compiled). What the method touched — in its factory, its ``init`` or its ``epoch`` — is what the drop-in
+reads. ``train`` (retain ∪ forget) or the class counts (counted on retain ∪ forget) need both of those
+loaders. A method that touched a split the probe missed could not run: its data would lack the key.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_unlearn.data.types import Normalization
+from jax_unlearn.engine.run import RunConfig, make_run
+from jax_unlearn.engine.train import Context
+from jax_unlearn.methods import build_method
+from jax_unlearn.models import init_variables, make_model
+
+LOADERS = ("retain", "forget", "validation")  # the notebook's loaders, in its argument order
+TRAIN = "train"
+CLASS_COUNTS = "class_counts"
+PROBE_SIZE = 256  # examples per split in the abstract trace; any size a method accepts will do
+PROBE_IMAGE = (32, 32, 3)
+
+
+class _Log:
+    """The set of names read, shared by every copy of a :class:`_Recorded` (hashed by identity, so it can
+    ride in a pytree's static data)."""
+
+    def __init__(self):
+        self.names: set = set()
+
+
+class _Recorded(Mapping):
+    """A read-only mapping that notes which keys were looked up (iterating it counts as all of them). A
+    pytree, so a method may pass its data through ``jit``/``cond``; the copy inside keeps recording."""
+
+    def __init__(self, items: Mapping, log: _Log):
+        self._items, self._log = dict(items), log
+        self._seen = log.names
+
+    def __getitem__(self, key):
+        self._seen.add(key)
+        return self._items[key]
+
+    def __iter__(self):
+        self._seen.update(self._items)
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+
+jax.tree_util.register_pytree_node(
+    _Recorded, lambda r: (tuple(r._items.values()), (tuple(r._items), r._log)),
+    lambda aux, children: _Recorded(dict(zip(aux[0], children)), aux[1]))
+
+
+class _RecordedCounts(Sequence):
+    """Placeholder class counts (all 1) that note being read, however they are converted."""
+
+    def __init__(self, num_classes: int, seen: set):
+        self._n, self._seen = num_classes, seen
+
+    def __len__(self):
+        self._seen.add(CLASS_COUNTS)
+        return self._n
+
+    def __getitem__(self, i):
+        self._seen.add(CLASS_COUNTS)
+        return ((1,) * self._n)[i]
+
+    def __array__(self, dtype=None, copy=None):
+        self._seen.add(CLASS_COUNTS)
+        return np.ones(self._n, dtype or np.int64)
+
+
+@functools.lru_cache(maxsize=32)
+def splits_used(method: str, hyper: tuple, num_classes: int, stem: str, conv: str, dtype: str) -> frozenset:
+    """The names among :data:`LOADERS`, ``'train'`` and ``'class_counts'`` that ``method`` (built with
+    ``hyper``, a tuple of items) reads; ``'train'``/``'class_counts'`` come with ``retain`` and ``forget``.
+    Raises the method's own ``ValueError`` for unknown hyper-parameters."""
+    log = _Log()
+    seen = log.names
+    names = (*LOADERS, TRAIN)
+    model = make_model(num_classes, stem, dtype, conv)
+    ctx = Context(model, Normalization(), _Recorded({s: PROBE_SIZE for s in names}, log),
+                  _RecordedCounts(num_classes, seen))
+    run = make_run(ctx, build_method(method, ctx, **dict(hyper)), RunConfig(track=False))
+    key = jax.random.key(0)
+    start = jax.eval_shape(lambda k: init_variables(model, k), key)
+    data = {s: (jax.ShapeDtypeStruct((PROBE_SIZE, *PROBE_IMAGE), jnp.uint8),
+                jax.ShapeDtypeStruct((PROBE_SIZE,), jnp.int32)) for s in names}
+    jax.eval_shape(lambda k, v, d: run(k, v, _Recorded(d, log)), key, start, data)
+    if seen & {TRAIN, CLASS_COUNTS}:
+        seen |= {"retain", "forget"}
+    return frozenset(seen & {*names, CLASS_COUNTS})
