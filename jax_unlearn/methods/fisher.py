@@ -105,8 +105,8 @@ def fisher(ctx: Context, *, alpha, batch_size: int, chunk_size: int) -> Method:
     parameter whose torch ``shape[0] == num_classes``; we apply them to ``fc``. They coincide for ResNet-18
     unless ``num_classes`` is a channel width (64, 128, 256, 512). (2) Unlearn-Sparse's full-class special case
     (zero mean and variance 1e-4 for the forgotten class's classifier row) is left out, as DeepUnlearn does.
-    Both references define an unused per-example ``fisher`` variant with a 1e-3 clamp; ``fisher_new`` is the
-    one their entry points call, and the one ported.
+    Unlearn-Sparse also offers a per-example variant (``--unlearn fisher``: noise ``min(√(α/F), 1e-3)·ε``);
+    its README's FF command uses ``fisher_new``, DeepUnlearn calls only ``fisher_new``: the one ported.
 
     References:
         A. Golatkar, A. Achille, S. Soatto, "Eternal Sunshine of the Spotless Net: Selective Forgetting in

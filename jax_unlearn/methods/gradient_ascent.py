@@ -35,7 +35,7 @@ def gradient_ascent(ctx: Context, *, epochs, batch_size, lr, momentum, weight_de
     with its ``arg_parser`` defaults (batch 256, momentum 0.9, weight decay 5e-4, no warm-up; the
     ``MultiStepLR`` milestones 91/136 are never reached, so the rate is constant). DeepUnlearn's port
     (``GradientAscent.ORIGINAL_*``) keeps the parser's lr 0.01 and 10 epochs instead — pass
-    ``--set lr=0.01 --set epochs=10`` for those; with them GA typically destroys the model.
+    ``--set lr=0.01 --set epochs=10`` for those.
 
     Ambiguity: DeepUnlearn's forget loader uses the test transform (no augmentation), shuffled; so do we.
 
