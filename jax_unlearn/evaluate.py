@@ -87,12 +87,14 @@ def check_data(folder: RunFolder, data: UnlearningData) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _outputs_fn(num_classes: int, stem: str, dtype: str, normalization: Normalization, batch_size: int):
+def _outputs_fn(num_classes: int, stem: str, dtype: str, normalization: Normalization, batch_size: int,
+                arch: tuple | None = None):
     """``fn(stacked_variables, data) -> dict`` of per-lane outputs, jitted and vmapped over the lanes.
 
     Cached on the model's description, so every population of the same model shares one compilation.
     """
-    ctx = Context(make_model(num_classes, stem, dtype), normalization, {})
+    arch = None if arch is None else {"stage_sizes": arch[0], "width": arch[1]}  # config.json's "arch"
+    ctx = Context(make_model(num_classes, stem, dtype, arch=arch), normalization, {})
 
     def one_model(variables, data):
         out = {}
@@ -127,7 +129,7 @@ def population_outputs(folder: RunFolder | str | os.PathLike, data: UnlearningDa
                        mia_models: int = 8, progress: bool | None = None) -> dict[str, Any]:
     """Evaluate every model of a run folder on ``data`` (eval mode, on device, a chunk at a time).
 
-    The model is rebuilt from the folder's config (``make_model(num_classes, stem, dtype)``), inputs are
+    The model is rebuilt from the folder's config (``make_model(num_classes, stem, dtype, arch=arch)``), inputs are
     normalised with ``data.normalization``.
 
     Args:
@@ -152,8 +154,10 @@ def population_outputs(folder: RunFolder | str | os.PathLike, data: UnlearningDa
     if differing:
         warnings.warn(f"{folder.path}/data.json differs from the data's description in {differing}; "
                       f"evaluating anyway (the split sizes match)", stacklevel=2)
+    arch = config.get("arch")  # recorded for models smaller than ResNet-18
     fn = _outputs_fn(config["num_classes"], config.get("stem", "imagenet"), config.get("dtype", "float32"),
-                     data.normalization, int(batch_size))
+                     data.normalization, int(batch_size),
+                     None if arch is None else (tuple(arch["stage_sizes"]), int(arch["width"])))
     device = {name: (jnp.asarray(data.split(name).images), jnp.asarray(data.split(name).labels, jnp.int32))
               for name in SPLITS}
     seeds, stats, done = [], [], 0

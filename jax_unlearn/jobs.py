@@ -22,9 +22,9 @@ from jax_unlearn.engine.run import (RunConfig, context_for, default_chunk_size, 
 from jax_unlearn.hyper import check_hyper, check_seeds
 from jax_unlearn.methods import build_method, get_method
 from jax_unlearn.methods.finetune import original
-from jax_unlearn.models import lowering_of, make_model
+from jax_unlearn.models import architecture, lowering_of, make_model
 from jax_unlearn.runs import NonFiniteError, RunFolder
-from jax_unlearn.sweep import plan_sweep, split_hyper
+from jax_unlearn.sweep import plan_settings, plan_sweep, split_hyper
 
 
 def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *, start_variables=None,
@@ -32,7 +32,7 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
                    hyper: Mapping[str, Any] | None = None, run_config: RunConfig = RunConfig(),
                    class_counts=None, stem: str = "imagenet", dtype: str = "float32",
                    extra_config: Mapping[str, Any] | None = None, progress: bool | None = None,
-                   model=None, conv: str = "auto") -> RunFolder:
+                   model=None, conv: str = "auto", settings: Mapping[str, Any] | None = None) -> RunFolder:
     """Run ``n_seeds`` seeds of ``method`` from ``start_variables`` into the run folder ``out``.
 
     Seed ``i`` uses key ``fold_in(key(base_seed), i)``. A folder holding the same config resumes (finished
@@ -48,8 +48,13 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     ``progress``: per-epoch progress reported from inside the compiled program (epochs done, img/s over the
     retain set, ETA; :class:`~jax_unlearn.engine.progress.EpochProgress`) — a tqdm bar when stderr is a
     terminal, else one line per epoch (None); a bar (True); none, and no hook in the program (False).
+
+    ``settings``: explicit settings instead of a grid, name -> list with entry ``j`` of every list setting
+    ``j`` (:func:`jax_unlearn.sweep.plan_settings`; the leaderboard's successive-halving rounds).
     """
     info = get_method(method)
+    if settings is not None:  # zipped settings: checked like a sweep's lists, planned without a product
+        settings = check_hyper(method, info.defaults, {k: list(v) for k, v in settings.items()})
     hyper = check_hyper(method, info.defaults, dict(hyper or {}))  # before anything is built or written
     if n_seeds < 1:
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
@@ -57,6 +62,10 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     model = model if model is not None else make_model(data.num_classes, stem, dtype, conv)
     ctx = context_for(data, model, class_counts)
     plan = plan_sweep(method, ctx, hyper, n_seeds) if split_hyper(hyper)[1] else None
+    if settings is not None:
+        if plan is not None:
+            raise ValueError("give either list-valued hyper-parameters or settings, not both")
+        plan = plan_settings(method, ctx, settings, hyper, n_seeds)
     if plan is not None:  # list-valued hyper-parameters: n_seeds lanes per setting, one program
         seeds_per_setting, n_seeds = n_seeds, plan.n_lanes
         m = plan.build({k: v[0] for k, v in plan.lane_hyper.items()})
@@ -74,6 +83,8 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
               "chunk_size": chunk_size, "track": run_config.track, "track_max": run_config.track_max,
               "snapshot_every": run_config.snapshot_every, "num_classes": data.num_classes, "stem": stem,
               "dtype": dtype, "conv": lowering_of(model), "data": dict(data.description), **(extra_config or {})}
+    if architecture(model) is not None:  # a smaller ResNet (tests): evaluation rebuilds it from this
+        config["arch"] = architecture(model)
     if plan is not None:
         config["sweep"] = {"seeds_per_setting": seeds_per_setting,
                            "lane_hyper": {k: v.tolist() for k, v in plan.lane_hyper.items()}}

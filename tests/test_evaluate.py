@@ -20,7 +20,10 @@ from jax_unlearn.evaluate import competition, evaluate, format_summary, populati
 from jax_unlearn.metrics import small_n_note
 from jax_unlearn.evaluate_sweep import check_reference, format_sweep, score_sweep, sweep_lanes
 from jax_unlearn.jobs import run_population
-from jax_unlearn.models import make_model
+from jax_unlearn.models import ResNet
+
+# A small ResNet keeps evaluation cheap: the run folder records its architecture and evaluation rebuilds it.
+TINY = ResNet(stage_sizes=(1, 1), num_classes=4, width=8, conv_impl="gemm")
 from jax_unlearn.metrics import final_score, forgetting_quality, logit_scaled_confidence
 from jax_unlearn.models import init_variables
 from jax_unlearn.report_plots import pick_examples
@@ -51,9 +54,10 @@ def data():
 def runs(tmp_path_factory, data):
     tmp = tmp_path_factory.mktemp("runs")
     kw = dict(hyper={"epochs": 1, "batch_size": 32}, progress=False, n_seeds=3, run_config=RunConfig(track=False))
-    start = init_variables(make_model(4), jax.random.key(1))
-    unlearned = run_population(tmp / "finetune", "finetune", data, start_variables=start, chunk_size=2, **kw)
-    retrained = run_population(tmp / "retrain", "retrain", data, chunk_size=3, **kw)
+    start = init_variables(TINY, jax.random.key(1))
+    unlearned = run_population(tmp / "finetune", "finetune", data, start_variables=start, chunk_size=2, model=TINY,
+                               **kw)
+    retrained = run_population(tmp / "retrain", "retrain", data, chunk_size=3, model=TINY, **kw)
     return unlearned, retrained
 
 
@@ -71,7 +75,8 @@ def evaluated(runs, data, tmp_path_factory):
 
 
 def test_outputs_equal_a_direct_forward_pass(runs, data, outputs):
-    model = make_model(4)
+    model = TINY
+    assert runs[0].config["arch"] == {"stage_sizes": [1, 1], "width": 8}
     apply = jax.jit(lambda v, x: model.apply(v, data.normalization.apply(x), train=False))
     images = np.concatenate([data.split(s).images for s in SPLITS])  # one shape: one compile
     bounds = np.cumsum([0] + [len(data.split(s)) for s in SPLITS])

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jax_unlearn.models.conv import check_impl
-from jax_unlearn.models.resnet import ResNet18
+from jax_unlearn.models.resnet import ResNet, ResNet18
 
 # ``conv=`` name -> (conv_impl, stem_conv_impl) of :class:`~jax_unlearn.models.resnet.ResNet`.
 CONV_LOWERINGS = {
@@ -73,7 +73,17 @@ def lowering_of(model: nn.Module) -> str:
     return f"{conv_impl}+stem-{stem}"
 
 
-def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32", conv: str = "auto"):
+def architecture(model: nn.Module) -> dict | None:
+    """What a run folder records to rebuild ``model`` when it is not ResNet-18 (``{'stage_sizes', 'width'}``
+    of a smaller :class:`~jax_unlearn.models.resnet.ResNet`, e.g. the tests' tiny ones); None for ResNet-18."""
+    stage_sizes, width = tuple(getattr(model, "stage_sizes", (2, 2, 2, 2))), getattr(model, "width", 64)
+    if (stage_sizes, width) == ((2, 2, 2, 2), 64):
+        return None
+    return {"stage_sizes": list(stage_sizes), "width": int(width)}
+
+
+def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32", conv: str = "auto",
+               arch: dict | None = None):
     """torchvision's ResNet-18 (:data:`~jax_unlearn.models.resnet.ResNet18`) for ``num_classes`` classes.
 
     Args:
@@ -81,10 +91,14 @@ def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32",
       stem: ``'imagenet'`` (torchvision's 7×7/2 + max-pool) or ``'cifar'`` (3×3/1, no max-pool).
       dtype: compute dtype, ``'float32'`` or ``'bfloat16'`` (parameters and BN statistics stay float32).
       conv: a :data:`CONV_CHOICES` name; ``'auto'`` picks :data:`AUTO_LOWERING` for the current platform.
+      arch: None (ResNet-18), or a recorded :func:`architecture` (a smaller ResNet of BasicBlocks).
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"unknown dtype {dtype!r}; valid: float32, bfloat16")
     spec = conv_spec(conv)
     for impl in (spec["conv_impl"], spec["stem_conv_impl"] or spec["conv_impl"]):
         check_impl(impl)
+    if arch is not None:
+        return ResNet(stage_sizes=tuple(arch["stage_sizes"]), width=int(arch["width"]), num_classes=num_classes,
+                      stem=stem, dtype=jnp.dtype(dtype), **spec)
     return ResNet18(num_classes=num_classes, stem=stem, dtype=jnp.dtype(dtype), **spec)

@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jax_unlearn.models import (AUTO_LOWERING, CONV_CHOICES, CONV_LOWERINGS, ResNet, lowering_of, make_model,
-                                resolve_conv)
+from jax_unlearn.models import (AUTO_LOWERING, CONV_CHOICES, CONV_LOWERINGS, ResNet, architecture, lowering_of,
+                                make_model, resolve_conv)
 
 
 def test_auto_resolves_per_platform_from_one_table():
@@ -35,3 +35,14 @@ def test_lowering_of_a_custom_model():
     assert lowering_of(ResNet(stage_sizes=(1,), width=4)) == "xla"
     assert lowering_of(ResNet(stage_sizes=(1,), width=4, conv_impl="gemm", stem_conv_impl="gemm")) == "gemm"
     assert lowering_of(ResNet(stage_sizes=(1,), width=4, conv_impl="xla", stem_conv_impl="gemm")) == "xla+stem-gemm"
+
+
+def test_architecture_round_trips_a_smaller_resnet():
+    assert architecture(make_model(10)) is None  # ResNet-18: nothing to record
+    tiny = ResNet(stage_sizes=(1, 1), num_classes=4, width=4)
+    arch = architecture(tiny)
+    assert arch == {"stage_sizes": [1, 1], "width": 4}
+    rebuilt = make_model(4, arch=arch, conv="xla")
+    x = jnp.zeros((1, 32, 32, 3))
+    assert jax.tree_util.tree_structure(rebuilt.init(jax.random.key(0), x)) == jax.tree_util.tree_structure(
+        tiny.init(jax.random.key(0), x))
