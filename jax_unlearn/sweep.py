@@ -121,10 +121,21 @@ def plan_sweep(name: str, ctx, hyper: Mapping[str, Any], seeds_per_setting: int,
     static, swept = split_hyper(hyper)
     if not swept:
         raise ValueError("no hyper-parameter is a list: nothing to sweep")
-    settings = expand_grid(**swept)
+    return plan_settings(name, ctx, expand_grid(**swept), static, seeds_per_setting, lane_schedule=lane_schedule)
+
+
+def plan_settings(name: str, ctx, settings: Mapping[str, Any], static: Mapping[str, Any], seeds_per_setting: int,
+                  *, lane_schedule: bool = True) -> SweepPlan:
+    """Plan a sweep over explicit settings: entry ``j`` of every list is setting ``j`` (zipped, not a product
+    — e.g. the survivors of a successive-halving round); ``static`` holds the single values."""
+    lengths = {k: np.ndim(v) == 1 and len(v) for k, v in settings.items()}
+    if not settings or len(set(lengths.values())) != 1 or not all(lengths.values()):
+        raise ValueError(f"settings must be non-empty lists of one length, got lengths {lengths}")
+    settings = {k: np.asarray(v, np.int32 if np.issubdtype(np.asarray(v).dtype, np.integer) else np.float32)
+                for k, v in settings.items()}
     max_epochs = int(settings["epochs"].max()) if "epochs" in settings else None
     if "epochs" in settings and settings["epochs"].min() < 1:
-        raise ValueError(f"epochs must be >= 1, got {swept['epochs']}")
+        raise ValueError(f"epochs must be >= 1, got {settings['epochs'].tolist()}")
     build = lane_builder(name, ctx, settings, static, max_epochs=max_epochs, lane_schedule=lane_schedule)
     lane_hyper = repeat_settings(settings, seeds_per_setting)
     return SweepPlan(build, lane_hyper, len(next(iter(settings.values()))) * seeds_per_setting, settings)

@@ -62,3 +62,64 @@ def build_method(name: str, ctx, **overrides) -> Method:
     if unknown:
         raise ValueError(f"method {name!r} has no hyper-parameter(s) {unknown}; valid: {sorted(info.defaults)}")
     return info.factory(ctx, **{**info.defaults, **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A real hyper-parameter's search interval ``[low, high]``; ``log``: sampled log-uniformly."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self):
+        if not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError(f"bad range [{self.low}, {self.high}]" + (" (log scale needs low > 0)" if self.log else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """What a leaderboard tunes for one method: float ranges and the ``epochs`` options (empty: not tuned).
+
+    Every named hyper-parameter must be one the method has (:func:`search_space` checks it); the ones
+    named here are traced per lane, so a whole round of settings is one vmapped program.
+    """
+
+    floats: dict[str, Range]
+    epochs: tuple[int, ...] = ()
+
+    def names(self) -> list[str]:
+        return [*self.floats, *(["epochs"] if self.epochs else [])]
+
+    def sample(self, n: int, rng) -> dict[str, list]:
+        """``n`` settings drawn with the NumPy ``Generator`` ``rng``: name -> list of n values (zipped).
+
+        Floats uniform (log-uniform where ``log``) in their range; epochs uniform over the options.
+        """
+        out: dict[str, list] = {}
+        for name, r in self.floats.items():
+            u = rng.uniform(size=n)
+            v = (r.low * (r.high / r.low) ** u) if r.log else r.low + (r.high - r.low) * u
+            out[name] = [float(x) for x in v]
+        if self.epochs:
+            out["epochs"] = [int(x) for x in rng.choice(self.epochs, size=n)]
+        return out
+
+
+def search_space(name: str) -> SearchSpace:
+    """The declared :class:`SearchSpace` of method ``name`` (:data:`jax_unlearn.methods.spaces.SPACES`),
+    checked to name only hyper-parameters the method has, with float ranges for float defaults."""
+    from jax_unlearn.methods.spaces import SPACES
+
+    info = get_method(name)
+    if name not in SPACES:
+        raise ValueError(f"method {name!r} declares no search space (jax_unlearn/methods/spaces.py)")
+    space = SPACES[name]
+    unknown = sorted(set(space.names()) - set(info.defaults))
+    if unknown:
+        raise ValueError(f"search space of {name!r} names {unknown}, which the method does not have; "
+                         f"valid: {sorted(info.defaults)}")
+    for k in space.floats:
+        if not isinstance(info.defaults[k], float):
+            raise ValueError(f"search space of {name!r}: {k} has default {info.defaults[k]!r}, not a float range")
+    return space
