@@ -144,12 +144,15 @@ def bad_teacher(ctx: Context, *, epochs: int, batch_size: int, lr: float, temper
     Ambiguities: the reference's ``F.kl_div`` uses its default element-wise ``'mean'`` reduction (÷ B·C);
     some copies use ``'batchmean'``. We follow the repository (÷ C more); under Adam the two differ only
     through ``eps``. Defaults (1 epoch, Adam 1e-4, 30 % retain, batch 256, T = 1) are the settings the SSD
-    repository uses for this baseline on ResNet-18/CIFAR.
+    repository uses for this baseline on ResNet-18/CIFAR, and those the reference's own notebook
+    (``CIFARSuper20_Rocket_Unlearn.ipynb``) passes; ``blindspot_unlearner``'s signature defaults (10 epochs,
+    lr 0.01) are overridden by both callers.
 
     References: V. S. Chundawat, A. K. Tarun, M. Mandal, M. Kankanhalli, "Can Bad Teaching Induce
     Forgetting? Unlearning in Deep Networks using an Incompetent Teacher", AAAI 2023;
-    github.com/vikram2000b/bad-teaching-unlearning (``unlearn.py``); if-loops/selective-synaptic-dampening
-    (``forget_random_strategies.blindspot``).
+    github.com/vikram2000b/bad-teaching-unlearning (``unlearn.py``, ``CIFARSuper20_Rocket_Unlearn.ipynb``;
+    read at commit f1aa988); if-loops/selective-synaptic-dampening (``forget_random_strategies.blindspot``;
+    commit cdfdc0e).
     """
     tx = torch_adam(lr)
     pass_ = bad_teacher_pass(ctx, tx, batch_size, temperature)
@@ -209,7 +212,8 @@ def scrub(ctx: Context, *, epochs: int, msteps: int, batch_size: int, forget_bat
 
     References: M. Kurmanji, P. Triantafillou, J. Hayes, E. Triantafillou, "Towards Unbounded Machine
     Unlearning", NeurIPS 2023; github.com/meghdadk/SCRUB (``large_scale_unlearning.ipynb``,
-    ``thirdparty/repdistiller/helper/loops.py:train_distill``, ``helper/util.py:adjust_learning_rate``).
+    ``thirdparty/repdistiller/helper/loops.py:train_distill``, ``helper/util.py:adjust_learning_rate``,
+    ``distiller_zoo/KD.py:DistillKL``; read at commit 98ffb11).
     """
     tx = optax.inject_hyperparams(torch_sgd)(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
     decay_at = jnp.asarray(tuple(lr_decay_epochs) or (epochs + 1,), jnp.int32)
@@ -306,7 +310,10 @@ def ssd(ctx: Context, *, alpha: float, lam: float, batch_size: int) -> Method:
 
     References: J. Foster, S. Schoepf, A. Brintrup, "Fast Machine Unlearning Without Retraining Through
     Selective Synaptic Dampening", AAAI 2024; github.com/if-loops/selective-synaptic-dampening
-    (``ssd.py``, ``forget_random_main.py``: alpha = 10, lambda = 1 for ResNet-18 / CIFAR).
+    (``src/ssd.py``, ``src/forget_random_strategies.py:ssd_tuning``, ``src/forget_random_main.py``:
+    ``selection_weighting`` alpha = 10, ``dampening_constant`` lambda = 1 for ResNet-18 / CIFAR; read at
+    commit cdfdc0e). Its ``full_train_dl`` is ``ConcatDataset(retain, forget)`` unshuffled — our ``train``
+    split is likewise the retain examples followed by the forget examples.
     """
 
     def init(key, start_variables, data):

@@ -29,8 +29,10 @@ def supervised(ctx: Context, *, split: str, epochs: int, batch_size: int, optimi
 
     Update rule: torch ``SGD``/``Adam`` with L2 weight decay added to the gradient
     (:mod:`jax_unlearn.engine.optim`), learning rate ``CosineAnnealingLR(T_max=t_max or epochs)``
-    stepped per epoch. ``class_weighted`` uses ``weight = 1 / count`` per class (``ctx.class_counts``, else
-    counts of ``split``), as the official original-model recipe does. ``from_scratch`` ignores the start
+    stepped per epoch. ``class_weighted`` uses ``weight = 1 / count`` per class from ``ctx.class_counts``
+    (given, e.g. the Kaggle ``age_class_weights.json``, else counted on retain ∪ forget by
+    :func:`~jax_unlearn.engine.run.context_for`; an error when absent), as the official recipe weights both
+    the original and the retrained models by the *train* split's counts. ``from_scratch`` ignores the start
     variables and draws torchvision's initialisation from the seed key.
     """
     steps = -(-ctx.size(split) // batch_size)
@@ -54,7 +56,10 @@ def supervised(ctx: Context, *, split: str, epochs: int, batch_size: int, optimi
           epochs=1, batch_size=64, lr=1e-3, momentum=0.9, weight_decay=5e-4)
 def finetune(ctx, *, epochs, batch_size, lr, momentum, weight_decay) -> Method:
     """The competition's baseline: ``SGD(lr=1e-3, momentum=0.9, weight_decay=5e-4)``,
-    ``CosineAnnealingLR(T_max=epochs)``, plain CE on the retain set, batch 64, 1 epoch."""
+    ``CosineAnnealingLR(T_max=epochs)``, plain CE on the retain set, batch 64, 1 epoch, train mode.
+
+    Reference: google-deepmind/unlearning_evaluation ``main.py`` ``do_unlearning`` (batch 64 from
+    ``surf.get_dataset(batch_size=64)``; read at commit ffae0ff)."""
     return supervised(ctx, split="retain", epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr,
                       momentum=momentum, weight_decay=weight_decay)
 
@@ -64,7 +69,10 @@ def finetune(ctx, *, epochs, batch_size, lr, momentum, weight_decay) -> Method:
           epochs=5, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4)
 def finetune_kit(ctx, *, epochs, batch_size, lr, momentum, weight_decay) -> Method:
     """The starting kit's ``unlearning``: ``SGD(0.1, momentum=0.9, weight_decay=5e-4)``,
-    ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch, CE on the retain set, batch 128, 5 epochs."""
+    ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch, CE on the retain set, batch 128, 5 epochs.
+
+    Reference: unlearning-challenge/starting-kit ``unlearning-CIFAR10.ipynb`` (``unlearning``; batch 128
+    from its ``retain_loader``; read at commit 901e784). No augmentation, as its loaders."""
     return supervised(ctx, split="retain", epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr,
                       momentum=momentum, weight_decay=weight_decay)
 
@@ -76,9 +84,15 @@ def retrain(ctx, *, epochs, batch_size, lr, weight_decay, recipe, split="retain"
     """Train a fresh ResNet-18 on ``split`` (the retain set; ``train`` = retain ∪ forget for the original).
 
     ``recipe='official'``: 30 epochs torch ``Adam(1e-4, weight_decay=5e-3)`` (L2, not AdamW),
-    ``CosineAnnealingLR(T_max=30)`` per epoch, class-weighted CE (1/count), batch 64, no augmentation.
+    ``CosineAnnealingLR(T_max=30)`` per epoch, class-weighted CE (1/count of the train split), batch 64,
+    no augmentation — google-deepmind/unlearning_evaluation ``train_lib.py`` ``train``, ``main.py``
+    (``NUM_EPOCHS = 30``), ``surf.py`` ``get_dataset`` (read at commit ffae0ff). Deviation: the reference
+    also saves the best-validation checkpoint from epoch 20 on (``min_save_epoch=20``) and a later run
+    reloads that one; we keep the last epoch's model (what its first run evaluates).
     ``recipe='kit'``: ``SGD(lr, momentum=0.9, weight_decay)`` with random-crop(4)+flip, plain CE (pass
-    lr=0.1, weight_decay=5e-4 for the kit's values).
+    lr=0.1, weight_decay=5e-4 for the kit's values). The starting kit only describes how its original was
+    trained (SGD 0.1, momentum 0.9, weight decay 5e-4, crop + flip); epochs, batch size and the cosine
+    schedule here are ours.
     """
     if recipe == "official":
         return supervised(ctx, split=split, epochs=epochs, batch_size=batch_size, optimizer="adam", lr=lr,

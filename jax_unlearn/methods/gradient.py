@@ -95,12 +95,16 @@ def l1_sparse(ctx: Context, *, epochs, batch_size, lr, momentum, weight_decay, a
     Defaults: the README's ``FT_prune`` command (``--unlearn_lr 0.01 --unlearn_epochs 10``) with
     ``arg_parser`` defaults (batch 256, momentum 0.9, weight decay 5e-4). Ambiguity: the README leaves
     ``--alpha ${alpha}`` open (the parser default 0.2 is another method's noise level); we use 5e-4 (the
-    upper end of the 1e-4 … 5e-4 that reproductions use, e.g. JingWu321/Scissorhands' scripts use 1e-4). The newer reference
-    variant's special case (``no_l1_epochs == epochs`` keeps α constant) is not reproduced: α is 0 then.
+    upper end of the 1e-4 … 5e-4 that reproductions use, e.g. JingWu321/Scissorhands' scripts use 1e-4).
+
+    Deviations: (1) the reference's CIFAR branch keeps α constant when ``no_l1_epochs == epochs`` (its
+    ImageNet branch and we give 0 then); (2) no data augmentation — the reference's retain loader applies
+    ``RandomCrop(32, padding=4)`` + flip unless ``--no-aug``; ours are the challenge's un-augmented loaders.
 
     References:
         Jia et al., "Model Sparsity Can Simplify Machine Unlearning", NeurIPS 2023;
-        OPTML-Group/Unlearn-Sparse ``unlearn/FT.py`` (``FT_l1``), ``arg_parser.py``, ``README``.
+        OPTML-Group/Unlearn-Sparse ``unlearn/FT.py`` (``FT_l1``, which the README's ``FT_prune`` runs),
+        ``unlearn/impl.py``, ``arg_parser.py``, ``README.MD`` (read at commit 80ba55d).
     """
     steps = steps_per_epoch(ctx.size("retain"), batch_size)
     schedule = linear_decay_per_epoch(alpha, epochs - no_l1_epochs, steps)
@@ -145,7 +149,8 @@ def neggrad_plus(ctx: Context, *, epochs, batch_size, forget_batch_size, lr, mom
 
     References:
         Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023; meghdadk/SCRUB
-        ``small_scale_unlearning.ipynb`` (``negative_grad``, ``run_neggrad_epoch``, ``l2_penalty``).
+        ``small_scale_unlearning.ipynb`` (``negative_grad``, ``run_neggrad_epoch``, ``l2_penalty``; read at
+        commit 98ffb11).
     """
     _need_forget(ctx, "neggrad+")
     n_r, n_f = ctx.size("retain"), ctx.size("forget")
@@ -244,10 +249,13 @@ def random_label(ctx: Context, *, epochs, batch_size, lr, momentum, weight_decay
     Defaults: Unlearn-Saliency ``arg_parser`` (lr 0.01, 10 epochs, batch 256, momentum 0.9, weight decay
     5e-4). Ambiguity: the reference has two RL variants — for CIFAR-10/SVHN the two passes above, for
     CIFAR-100/TinyImageNet one shuffled pass over forget (random labels) ∪ retain; we implement the former.
+    Deviation: no data augmentation — the reference's forget and retain loaders apply ``RandomCrop(32,
+    padding=4)`` + flip unless ``--no-aug``; ours are the challenge's un-augmented loaders.
 
     References:
         Golatkar et al., "Eternal Sunshine of the Spotless Net", CVPR 2020 (random labels);
-        Fan et al., "SalUn", ICLR 2024; OPTML-Group/Unlearn-Saliency ``Classification/unlearn/RL.py``.
+        Fan et al., "SalUn", ICLR 2024; OPTML-Group/Unlearn-Saliency ``Classification/unlearn/RL.py``,
+        ``arg_parser.py`` (read at commit a6e89fd).
     """
     return _random_label_method(ctx, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, fraction=None)
@@ -279,7 +287,9 @@ def salun(ctx: Context, *, epochs, batch_size, lr, momentum, weight_decay, fract
     calls were removed in commit b874ee9, December 2023), so it, the paper and we agree. (2) The reference masks the *gradient* and, in its later
     version, restores masked weights and zeroes their momentum after each step (earlier versions let weight
     decay move them); masking the update gives the later version's result exactly. (3) Ties at the
-    threshold are broken by parameter order, so exactly ``int(N · fraction)`` weights train.
+    threshold are broken by parameter order, so exactly ``int(N · fraction)`` weights train. (4) No data
+    augmentation, in the saliency pass (data order) or in training — the reference's loaders are shuffled
+    and apply ``RandomCrop(32, padding=4)`` + flip unless ``--no-aug``; ours are the challenge's loaders.
 
     References:
         Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency in Both Image

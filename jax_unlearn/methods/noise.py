@@ -175,7 +175,8 @@ def unsir(ctx: Context, *, batch_size: int, noise_images: int, noise_steps: int,
 
     References: A. K. Tarun, V. S. Chundawat, M. Mandal, M. Kankanhalli, "Fast Yet Effective Machine
     Unlearning", IEEE TNNLS 2023; github.com/vikram2000b/Fast-Machine-Unlearning (``Machine
-    Unlearning.ipynb``); if-loops/selective-synaptic-dampening (``unlearn.py``: ``UNSIR_noise_train``,
+    Unlearning.ipynb``, read at commit 252bc92; its transforms have no augmentation, nor do ours);
+    if-loops/selective-synaptic-dampening (commit cdfdc0e, ``src/unlearn.py``: ``UNSIR_noise_train``,
     ``UNSIR_create_noisy_loader``).
     """
     num_classes = ctx.model.num_classes

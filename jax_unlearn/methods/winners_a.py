@@ -159,12 +159,18 @@ def kookmin(ctx, *, epochs, batch_size, lr, momentum, weight_decay, init_rate, k
     ``epoch``: CE on the retain set, ``SGD(lr, momentum, weight_decay)``, learning rate warm-up then linear
     decay per epoch (:func:`_warmup_then_linear_decay`).
 
+    Defaults: the port's ``ORIGINAL_*`` (5 epochs, batch 64, SGD 1e-3, momentum 0.9, weight decay 5e-4,
+    ``init_rate`` 0.3); the 0.1 scale is the source's ``grad_mask[grad_mask == 0] += 0.1``.
+
     References: xcadet/deepunlearn ``kgltop2.py`` (``get_grads_for_snip``,
-    ``re_init_model_snip_ver2_little_grad``, ``LinearAnnealingLR``); Triantafillou et al., arXiv:2406.09073.
+    ``re_init_model_snip_ver2_little_grad``, ``LinearAnnealingLR``; read at commit 6830ff6); Triantafillou
+    et al., arXiv:2406.09073.
 
     Ambiguities: the gradient passes run in train mode (torch's default for the harness's freshly built net)
     and so update the BatchNorm running statistics — kept; ties in ``|g|`` are broken by position (a stable
-    sort), torch's ``topk`` leaves them unspecified.
+    sort), torch's ``topk`` leaves them unspecified. Deviation: the source's retain-subset loader for the
+    gradient pass has a hard-coded batch 64 (and the forget pass the harness's loader); we use
+    ``batch_size`` for both — the same at the default.
     """
     n_f, n_r = ctx.size("forget"), ctx.size("retain")
     tx = torch_sgd(_warmup_then_linear_decay(lr, epochs, steps_per_epoch(n_r, batch_size)), momentum, weight_decay)

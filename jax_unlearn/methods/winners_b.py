@@ -42,7 +42,10 @@ def toshi_conv_transpose(ctx, *, epochs, batch_size, lr, momentum, weight_decay)
     ``init``: :func:`transpose_conv_kernels`. Epochs: CE on the retain set, ``SGD(lr, momentum,
     weight_decay)``, ``CosineAnnealingLR(T_max=epochs)`` per epoch (:func:`~.finetune.supervised`).
 
-    References: xcadet/deepunlearn ``kgltop5.py`` (``rotate_weight``); Triantafillou et al., arXiv:2406.09073.
+    Defaults: the port's ``ORIGINAL_*`` (3 epochs, batch 64, SGD 1e-3, momentum 0.9, weight decay 5e-4).
+
+    References: xcadet/deepunlearn ``kgltop5.py`` (``rotate_weight``; read at commit 6830ff6); Triantafillou
+    et al., arXiv:2406.09073.
 
     Ambiguities: the source calls it "rotate" but does ``swapaxes(2, 3)`` — a transpose, kept; no other.
     """
@@ -144,8 +147,10 @@ def sun(ctx, *, epochs, fine_epochs, reset_epochs, lr, fine_lrs, momentum, weigh
     * the last ``fine_epochs`` epochs train every tensor, with learning rates ``fine_lrs[e - epochs +
       fine_epochs]``, no noise.
 
-    Loss: CE on the retain set. References: xcadet/deepunlearn ``kgltop7.py`` (``select_optim_keys``,
-    ``noise_optimize_group``); Triantafillou et al., arXiv:2406.09073.
+    Loss: CE on the retain set. Defaults: the port's ``ORIGINAL_*`` and the constants in its ``unlearn()``
+    (``layer_select = 9``, ``noise_fix``, ``duplicate_sample``, ``add_already = False``). References:
+    xcadet/deepunlearn ``kgltop7.py`` (``select_optim_keys``, ``noise_optimize_group``, ``get_optimze_group``;
+    read at commit 6830ff6); Triantafillou et al., arXiv:2406.09073.
 
     Ambiguities: "BN" is decided on torch parameter names (``"bn" in name``), so the downsample BatchNorm
     (``downsample.1``) is a selectable, noisable tensor as in the source — kept; the source skips the noise
