@@ -37,7 +37,8 @@ def gradient_ascent(ctx: Context, *, epochs, batch_size, lr, momentum, weight_de
     (``GradientAscent.ORIGINAL_*``) keeps the parser's lr 0.01 and 10 epochs instead — pass
     ``--set lr=0.01 --set epochs=10`` for those.
 
-    Ambiguity: DeepUnlearn's forget loader uses the test transform (no augmentation), shuffled; so do we.
+    Ambiguity: DeepUnlearn's forget loader uses the test transform (no augmentation), shuffled; so do we
+    (Unlearn-Sparse's forget loader crops and flips unless ``--no-aug``).
 
     References:
         A. Thudi, G. Deza, V. Chandrasekaran, N. Papernot, "Unrolling SGD: Understanding Factors
