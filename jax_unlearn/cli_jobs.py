@@ -7,74 +7,13 @@ library calls here, at the edge — nothing below sees ``args``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from jax_unlearn.cli_args import (check_output, class_ids as _class_ids, fraction as _fraction,
+                                  parse_set as _hyper, positive as _positive, seed as _seed)
+
 DATASETS = ("fashion-mnist", "idx", "kaggle", "cifar10")
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
-    return n
-
-
-def _seed(value: str) -> int:
-    """A seed: an integer in [0, 2**32) (keys fold in uint32 seed ids)."""
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if not 0 <= n < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {value!r}")
-    return n
-
-
-def _class_ids(value: str) -> tuple[int, ...]:
-    """``'3,5'`` -> (3, 5)."""
-    ids = []
-    for part in value.split(","):
-        if part.strip():
-            try:
-                ids.append(int(part))
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected comma-separated integer class ids like 3,5; "
-                                                 f"{part.strip()!r} is not an integer") from None
-    if not ids:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integer class ids like 3,5, got {value!r}")
-    return tuple(ids)
-
-
-def _fraction(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        x = -1.0
-    if not 0.0 < x < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {value!r}")
-    return x
-
-
-def check_output(path: str | Path, flag: str = "--out") -> Path:
-    """Fail now, not after training, when ``path`` cannot be written: the nearest existing folder above it
-    must be a folder (not a regular file) and writable. Creates nothing."""
-    import errno
-    import os
-
-    path = Path(path)
-    probe = path if path.is_dir() else path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"{flag} {path} lies under a regular file, not a folder", str(probe))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"{flag} {path}: permission denied", str(probe))
-    return path
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -125,37 +64,6 @@ def load_data(args: argparse.Namespace):
         else:
             options["forget"] = spec
     return load_dataset(args.dataset, args.data_dir, **options)
-
-
-def _hyper(pairs: list[str], method: str | None = None) -> dict:
-    """``--set lr=0.01 --set epochs=2`` -> {'lr': 0.01, 'epochs': 2} (values parsed as JSON when possible).
-
-    With ``method`` (a registered name, or ``'sisa'``) every value is checked against the method's declared
-    defaults (:func:`jax_unlearn.hyper.check_hyper`: type, range, known name) — before anything is written."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
-        k, v = pair.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    if method is None:
-        return out
-    from jax_unlearn.hyper import check_hyper
-
-    if method == "sisa":
-        from jax_unlearn.methods import sisa
-
-        defaults = {k: v for k, v in sisa.DEFAULTS.items() if k != "num_shards"}
-        unknown = sorted(set(out) - set(defaults))
-        if unknown:  # sisa_job names them (and the valid ones) itself
-            return out
-        return check_hyper("sisa", defaults, out)
-    from jax_unlearn.methods import get_method
-
-    return check_hyper(method, get_method(method).defaults, out)
 
 
 def _run_args(p: argparse.ArgumentParser, n_default: int = 8) -> None:
@@ -471,6 +379,8 @@ def _sisa(args) -> int:
     return 0
 
 
+from jax_unlearn.leaderboard_cli import add_args as _leaderboard_args, run as _leaderboard  # noqa: E402
+
 COMMANDS = [
     ("methods", _methods_args, _methods),
     ("train-original", _train_original_args, _train_original),
@@ -480,4 +390,5 @@ COMMANDS = [
     ("evaluate", _evaluate_args, _evaluate),
     ("sisa", _sisa_args, _sisa),
     ("demo", _demo_args, _demo),
+    ("leaderboard", _leaderboard_args, _leaderboard),
 ]

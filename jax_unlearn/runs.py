@@ -196,8 +196,12 @@ def _save_tree(target: Path, tree: Any) -> None:
         _discard_partial(target)
         raise type(e)(e.errno, e.strerror or _first_line(e), str(e.filename or target)) from None
     except Exception as e:  # noqa: BLE001 — orbax/tensorstore wrap the OS error (e.g. no space left) in others
-        _discard_partial(target)
-        raise OSError(None, f"could not write the checkpoint ({_first_line(e)})", str(target)) from None
+        reason = _first_line(e)
+    else:
+        return
+    _discard_partial(target)
+    _collect_quietly()
+    raise OSError(None, f"could not write the checkpoint ({reason})", str(target))
 
 
 def _discard_partial(target: Path) -> None:
@@ -213,9 +217,32 @@ def _load_tree(target: Path, what: str = "checkpoint") -> Any:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(target.absolute())
     except Exception as e:  # noqa: BLE001 — a corrupt or emptied checkpoint fails in tensorstore, zstd, ...
-        raise RunFolderError(f"{target}: {what} is unreadable ({_first_line(e)}); delete that folder and rerun "
-                             f"the run's command to recompute it") from None
-    return jax.tree_util.tree_map(np.asarray, tree)
+        reason = _first_line(e)
+    else:
+        return jax.tree_util.tree_map(np.asarray, tree)
+    _collect_quietly()  # outside the except block: the failed restore's frames are released by now
+    raise RunFolderError(f"{target}: {what} is unreadable ({reason}); delete that folder and rerun the run's "
+                         f"command to recompute it")
+
+
+def _collect_quietly() -> None:
+    """Collect what a failed orbax call left behind now, without its finaliser's noise: its asyncio loop,
+    collected later, reports ``RuntimeError: Event loop is closed`` as an unraisable exception (a traceback
+    on stderr after the error was already reported). Other unraisable exceptions pass through."""
+    import gc
+    import sys
+
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = default
 
 
 def _stage(chunk, stage: int, path: Path):

@@ -250,6 +250,7 @@ def test_a_diverged_run_exits_4_naming_seeds_and_epochs(world, diverged_run):
     assert "Traceback" not in err
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # e.g. "Event loop is closed"
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(case, world, diverged_run, capfd):
     fill = lambda s: s.format(**world)  # noqa: E731

@@ -151,3 +151,62 @@ def test_converted_arrays_do_not_alias_torch_memory():
     with torch.no_grad():
         net.bn1.weight.add_(1.0)
     np.testing.assert_array_equal(variables["params"]["bn1"]["scale"], before)
+
+
+def test_half_precision_weights_become_their_float32_values():
+    sd = random_torch_resnet18(10).state_dict()
+    for dtype in (torch.bfloat16, torch.float16):
+        low = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+        variables = converters.torch_to_flax(low)
+        np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], low["fc.weight"].float().numpy().T)
+        assert variables["params"]["fc"]["kernel"].dtype == np.float32
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("fc.weight", lambda t: t.to(torch.complex64), "fc.weight has dtype complex64"),
+    ("layer1.0.conv1.weight", lambda t: t.to(torch.int32), "layer1.0.conv1.weight has dtype int32"),
+    ("bn1.running_var", lambda t: t.index_fill(0, torch.tensor([3]), float("inf")), "bn1.running_var holds 1 NaN/inf"),
+    ("bn1.num_batches_tracked", lambda t: torch.tensor(-1), "bn1.num_batches_tracked: value -1"),
+])
+def test_weights_that_would_convert_lossily_or_broken_are_refused_by_key(key, value, match):
+    sd = dict(random_torch_resnet18(11).state_dict())
+    sd[key] = value(sd[key])
+    with pytest.raises(CheckpointError, match=match):
+        converters.torch_to_flax(sd)
+
+
+def test_flax_start_models_are_checked_like_pth(tmp_path):
+    from flax import serialization
+
+    variables = converters.torch_to_flax(random_torch_resnet18(12, num_classes=7).state_dict())
+    path = tmp_path / "m.msgpack"
+    path.write_bytes(serialization.msgpack_serialize(variables))
+    assert converters.load_model_variables(path, 7)["params"]["fc"]["kernel"].shape == (512, 7)
+    with pytest.raises(CheckpointError, match=r"m\.msgpack: the head .* has 7 classes; expected 10"):
+        converters.load_model_variables(path, 10)
+    variables["batch_stats"]["bn1"]["mean"][0] = np.nan
+    path.write_bytes(serialization.msgpack_serialize(variables))
+    with pytest.raises(CheckpointError, match=r"m\.msgpack: bn1\.running_mean holds 1 NaN/inf"):
+        converters.load_model_variables(path)
+
+
+def test_saved_pth_bytes_depend_on_contents_only(tmp_path):
+    sd = random_torch_resnet18(13).state_dict()
+    a = converters.save_torch_checkpoint(sd, tmp_path / "a.pth")
+    b = converters.save_torch_checkpoint(sd, tmp_path / "other_name.pth")
+    assert a.read_bytes() == b.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["a.pth", "other_name.pth"]  # no temporary file left
+    back = torch.load(b, weights_only=True)
+    assert all(torch.equal(back[k], v) for k, v in sd.items())
+
+
+def test_refusal_messages_say_what_was_blocked(tmp_path):
+    torch.save(random_torch_resnet18(14), tmp_path / "model.pth")
+    with pytest.raises(CheckpointError) as info:
+        converters.load_torch_checkpoint(tmp_path / "model.pth")
+    message = str(info.value)
+    assert "torchvision.models.resnet.ResNet" in message and "state_dict()" in message
+    assert "weights_only set to False" not in message and "\x1b" not in message and "\n" not in message
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        converters.load_torch_checkpoint(tmp_path / "empty.pth")
