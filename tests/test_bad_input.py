@@ -343,3 +343,17 @@ def test_help_shows_defaults_and_explains_arguments(capsys):
 def test_debug_shows_the_traceback(world):
     with pytest.raises(Exception, match="is empty"):
         main(["--debug", "convert", str(world["empty"]), str(world["tmp"] / "x.msgpack")])
+
+
+def test_the_finite_flag_checks_weights_always_and_losses_of_run_epochs_only():
+    from jax_unlearn.engine.run import _finite
+
+    variables = {"params": {"w": np.ones(3, np.float32)}, "batch_stats": {"n": np.zeros((), np.int32)}}
+    nan_weights = {"params": {"w": np.array([1.0, np.nan, 1.0], np.float32)}, "batch_stats": variables["batch_stats"]}
+    loss, nan_loss = {"loss": np.float32(0.5)}, {"loss": np.float32(np.nan)}
+    assert bool(_finite(variables, loss, 0, None)) and bool(_finite(variables, {}, 0, None))
+    assert not bool(_finite(variables, nan_loss, 0, None))
+    assert not bool(_finite(nan_weights, loss, 0, None))
+    # A lane with hyper['epochs'] = 2: epoch 2 (0-based) is masked and reports a nan loss by design.
+    assert bool(_finite(variables, nan_loss, 2, 2)) and not bool(_finite(variables, nan_loss, 1, 2))
+    assert not bool(_finite(nan_weights, nan_loss, 2, 2))
