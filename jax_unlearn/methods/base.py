@@ -74,7 +74,8 @@ class Range:
 
     def __post_init__(self):
         if not self.low < self.high or (self.log and self.low <= 0):
-            raise ValueError(f"bad range [{self.low}, {self.high}]" + (" (log scale needs low > 0)" if self.log else ""))
+            raise ValueError(f"bad range [{self.low}, {self.high}]"
+                             + (" (log scale needs low > 0)" if self.log else ""))
 
 
 @dataclasses.dataclass(frozen=True)
