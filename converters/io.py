@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import re
 import shutil
 import tempfile
@@ -40,12 +41,37 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _BLOCKED = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 
 
+def _foreign_globals(path: Path) -> list[str]:
+    """The globals (``module.name``) a pickle would import, other than torch's and ``collections``', read off
+    its opcodes with :mod:`pickletools` (which executes nothing). Best effort: [] when unreadable."""
+    found: list[str] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                data = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+        else:
+            with open(path, "rb") as f:
+                data = f.read(64 << 20)
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+            elif op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 — a hint only; the refusal stands either way
+        pass
+    return [g for g in found if not g.startswith(("torch.", "collections."))]
+
+
 def _unpickling_message(path: Path, error: BaseException) -> str:
     """What a weights-only load refused, in one line (torch's own text advises the unsafe retry)."""
     text = _ANSI.sub("", str(error))
     blocked = _BLOCKED.search(text)
-    if blocked:
-        return (f"{path}: refused — loading it would import {blocked.group(1)} (pickled Python objects, not just "
+    name = blocked.group(1) if blocked else next(iter(_foreign_globals(path)), None)
+    if name:
+        return (f"{path}: refused — loading it would import {name} (pickled Python objects, not just "
                 f"tensors); nothing in it was executed. If it is a whole model saved with torch.save(model), "
                 f"save model.state_dict() instead")
     with open(path, "rb") as f:

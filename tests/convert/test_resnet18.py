@@ -112,7 +112,7 @@ def test_pickle_with_code_is_refused_not_executed(tmp_path, monkeypatch):
         pickle.dump({"state_dict": _Exploit()}, f)
     torch.save({"a": _Exploit()}, tmp_path / "evil2.pth")
     for p in (path, tmp_path / "evil2.pth"):
-        with pytest.raises(CheckpointError, match="refused|not a readable"):
+        with pytest.raises(CheckpointError, match=r"would import (posix|nt)\.system .* nothing in it was executed"):
             converters.load_torch_checkpoint(p)
     assert not (tmp_path / "PWNED_BY_PICKLE").exists()
 
