@@ -1,11 +1,28 @@
 # tests/convert (not tests/converters): a tests/converters folder on sys.path would shadow the package.
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 # Tests import shared helpers (tests/torch_reference.py) as plain modules.
 sys.path.insert(0, os.path.dirname(__file__))
+
+# One persistent XLA compilation cache for the whole test session, fresh each session (so a timing of the
+# suite never depends on an earlier run), shared with the subprocesses the CLI and multi-host tests start
+# (they inherit the environment). Many tests build the same small program through different Python
+# closures; without the cache each one recompiles it (tens of seconds each on a 2-core CPU).
+_CACHE = tempfile.mkdtemp(prefix="jax-unlearn-test-xla-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+if "jax" in sys.modules:  # imported before this file (a plugin): configure it directly
+    sys.modules["jax"].config.update("jax_compilation_cache_dir", _CACHE)
+    sys.modules["jax"].config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def _has_gpu() -> bool:
