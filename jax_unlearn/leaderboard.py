@@ -137,6 +137,27 @@ def _timing(folder: Path, fresh: dict | None) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else fresh
 
 
+def _outputs(folder: Path, data, mia_models: int) -> dict[str, Any]:
+    """:func:`population_outputs` of one of the study's own finished run folders, kept in ``outputs.npz``
+    beside it so a rerun evaluates nothing again (the study's config pins the data digests)."""
+    cache = folder / "outputs.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            pop = {k: z[k] for k in z.files if not k.startswith("mia_")}
+            pop["mia_logits"] = {k[4:]: z[k] for k in z.files if k.startswith("mia_")}
+        return {**pop, "method": str(pop["method"]), "path": str(pop["path"])}
+    pop = population_outputs(folder, data, mia_models=mia_models, progress=False)
+    arrays = {k: v for k, v in pop.items() if k != "mia_logits"}
+    arrays.update({f"mia_{k}": v for k, v in pop["mia_logits"].items()})
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(cache, write)
+    return pop
+
+
 def _block(pop: Mapping[str, Any], at: int, n: int) -> dict[str, Any]:
     """Models ``at … at + n − 1`` of a population (MIA logits only where the block starts at model 0)."""
     out = {k: (v[at:at + n] if isinstance(v, np.ndarray) else v) for k, v in pop.items() if k != "mia_logits"}
@@ -157,7 +178,7 @@ def _original_population(out: Path, data, model, variables, n: int) -> dict[str,
         folder.start(config, {**data.description, "sizes": data.sizes(), "digests": data.digests()})
         stacked = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], variables)
         folder.save_chunk(0, np.zeros(1), {"variables": stacked, "metrics": {"finite": np.ones((1, 1), bool)}})
-    pop = population_outputs(folder, data, mia_models=1, progress=False)
+    pop = _outputs(out, data, 1)
     mia = {"mia_logits": {k: np.repeat(v, min(n, MIA_MODELS), 0) for k, v in pop["mia_logits"].items()}}
     rep = {k: np.repeat(pop[k], n, 0) for k in ("forget_stat", "retain_acc", "forget_acc", "validation_acc",
                                                   "test_acc")}
@@ -273,12 +294,12 @@ def leaderboard(out: str | os.PathLike, data: UnlearningData, *, preset: str | P
     missing = [role for role in sizes if role not in given]  # ordered retrain, scoring, tuning
     if missing:  # one retrain program for every role not given: disjoint blocks of seed ids
         total = sum(sizes[role] for role in missing)
-        log(f"[leaderboard] retraining {total} models ({', '.join(f'{r} {sizes[r]}' for r in missing)})")
+        log(f"[leaderboard] retraining (or resuming) {total} models ({', '.join(f'{r} {sizes[r]}' for r in missing)})")
         _, fresh = _timed_population(refs / "retrained", REFERENCE_METHOD, data, n_seeds=total,
                                      base_seed=SEEDS["retrained"], hyper=preset.recipe, model=model,
                                      chunk_size=preset.chunk_size)
         timing["retrain"] = _timing(refs / "retrained", fresh)
-        whole, at = population_outputs(refs / "retrained", data, mia_models=MIA_MODELS, progress=False), 0
+        whole, at = _outputs(refs / "retrained", data, MIA_MODELS), 0
         for role in missing:
             pops[role] = _block(whole, at, sizes[role])
             at += sizes[role]
@@ -306,7 +327,7 @@ def leaderboard(out: str | os.PathLike, data: UnlearningData, *, preset: str | P
             scored, fresh = _timed_population(folder / "scoring", name, data, start_variables=original,
                                               n_seeds=preset.n, base_seed=SEEDS["score" if how else "untuned"],
                                               hyper=best, model=model, chunk_size=preset.chunk_size)
-            pop = population_outputs(scored, data, mia_models=MIA_MODELS, progress=False)
+            pop = _outputs(scored.path, data, MIA_MODELS)
             row = score_row(label, pop, ref, data, preset, _timing(folder / "scoring", fresh), retrain_s,
                             {"kind": "method" if how else "reference", "setting": json.dumps(best),
                              "tuning_lane_epochs": used})

@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {
                  arch={"stage_sizes": [1, 1], "width": 4}, chunk_size=8),
     "cpu": Preset("cpu", n=8, n_tuning=8, budget=80, rounds=2, bootstrap=100, max_train=1000, max_eval=250,
                   original_epochs=8, recipe={"epochs": 8, "lr": 3e-3, "batch_size": 32},
-                  arch={"stage_sizes": [1, 1], "width": 8}, chunk_size=8),
+                  arch={"stage_sizes": [1, 1], "width": 4}, chunk_size=8),
     "gpu": Preset("gpu", n=512, n_tuning=128, budget=2048, rounds=3, bootstrap=200),
 }
 
