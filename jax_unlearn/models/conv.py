@@ -21,6 +21,25 @@ Parameters are exactly ``flax.linen.Conv(features, kernel_size, strides, padding
 ``'kernel'`` of shape ``(kh, kw, cin, cout)`` (HWIO) in ``param_dtype``, drawn by ``kernel_init``; inputs and
 kernel are promoted to ``dtype`` with Flax's own ``promote_dtype``. ``impl='xla'`` issues the very call
 ``nn.Conv`` makes, so it is bit-identical to it.
+
+Why ``impl='xla'`` is slow inside ``lax.scan`` on XLA:CPU (jax/jaxlib 0.10.2; reproducer
+``benchmarks/xla_conv_scan.py``, figures in ``benchmarks/RESULTS.md``): XLA:CPU runs a convolution fast
+(as a YNNPACK fusion, ``__ynn_fusion``, or Eigen) only in canonical form, input NHWC and kernel HWIO. The
+forward conv is canonical, but JAX's VJP emits the input gradient with kernel ``01oi`` (flipped, I/O
+swapped) and the weight gradient as ``f01b_i01o->01bf``. The CPU pass ``convolution-canonicalization``
+(xla/service/cpu/conv_canonicalization.cc) rewrites such convs with transposes into canonical ones — but it
+walks ``module->entry_computation()`` only. Inside a while loop (``lax.scan``, ``fori_loop``; the engine's
+steps) the body is another computation, so the three backward convs of every layer stay non-canonical and
+are emitted as *elemental* kernels (``conv_general_dilated.N_elemental_kernel_module`` in an
+``XLA_FLAGS=--xla_dump_to`` dump: one naive loop nest per output element), while the forward convs in the
+same body are YNNPACK fusions. A train step of one ResNet block (64 ch, 8×8, batch 64) costs ~0.03 CPU-s
+as a Python loop of ``jit(step)`` or as a fully unrolled scan, and ~0.7 CPU-s inside ``jit(lax.scan)``.
+No XLA CPU flag changes this (thunk runtime off, XNNPACK/oneDNN flags, Eigen threading, the
+concurrency-optimised scheduler: all measured, none helps); only a loop-free program (``unroll`` = the
+trip count, impractical for an epoch of ResNet-18 steps) avoids it. The GEMM lowering has no convolution
+op at all, so it is immune, which is why ``conv='auto'`` resolves to ``'gemm'`` on CPU. A fix for
+``'xla'`` itself would be a ``custom_vjp`` that writes both backward convs in NHWC/HWIO form (the
+transposes the pass would have inserted), not attempted here.
 """
 from __future__ import annotations
 
