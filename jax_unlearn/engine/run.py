@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -402,7 +402,3 @@ def run_seeds(run: Callable, n_seeds: int, base_seed: int, start_variables, data
     finally:
         if epoch_progress is not None:
             epoch_progress.close()
-
-def lanes(tree, ids: Iterable[int]):
-    """Split a stacked pytree (leading lane axis) into one tree per lane."""
-    return [jax.tree_util.tree_map(lambda a: a[i], tree) for i in range(len(list(ids)))]
