@@ -14,8 +14,10 @@ It never reduces over any named axis: under ``vmap`` over seeds each lane keeps 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -46,7 +48,9 @@ class BatchNorm(nn.Module):
         # Statistics in float32 at least (float64 when the whole model runs in float64 for tests).
         x32 = x.astype(jnp.promote_types(self.dtype, jnp.float32))
         if train:
-            mean, var, count = _batch_moments(x32, mask)
+            weight = None if mask is None else mask.astype(x32.dtype)
+            y, mean, var, count = normalize_train(x32, scale.astype(x32.dtype), bias.astype(x32.dtype), weight,
+                                                  self.epsilon)
             if not self.is_initializing():
                 # A fully masked batch (possible at the end of a lane's epoch) must not move the stats.
                 live = count > 0
@@ -56,11 +60,15 @@ class BatchNorm(nn.Module):
                 ra_var.value = jnp.where(live, (1.0 - m) * ra_var.value + m * unbiased, ra_var.value)
                 tracked.value = tracked.value + live.astype(jnp.int32)
         else:
-            mean, var = ra_mean.value, ra_var.value
-        # Fold the affine map into one multiply-add per element (same arithmetic torch's kernel does).
-        mul = scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
-        y = (x32 - mean) * mul + bias
+            y = _affine(x32, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
         return y.astype(self.dtype)
+
+
+def _affine(x, mean, var, scale, bias, epsilon):
+    """``(x - mean) * (scale / sqrt(var + eps)) + bias``: the affine map folded into one multiply-add per
+    element (the arithmetic torch's kernel does)."""
+    mul = scale * jnp.reciprocal(jnp.sqrt(var + epsilon))
+    return (x - mean) * mul + bias
 
 
 def _batch_moments(x, mask):
@@ -80,3 +88,53 @@ def _batch_moments(x, mask):
     mean = jnp.sum(x * weight, axis=(0, 1, 2)) / denom
     var = jnp.sum(jnp.square(x - mean) * weight, axis=(0, 1, 2)) / denom
     return mean, var, count
+
+
+def normalize_train(x, scale, bias, weight, epsilon: float):
+    """Train-mode BatchNorm of NHWC ``x`` on its own batch statistics, with a hand-written backward pass.
+
+    Returns ``(y, mean, var, count)``: ``y = (x - mean) * scale / sqrt(var + eps) + bias`` for every row
+    (masked ones too), ``mean``/``var`` (C,) the statistics of :func:`_batch_moments` over the rows whose
+    ``weight`` (N,) is 1 (all rows when ``weight`` is None), ``count`` () the number of values per channel
+    they used. The forward pass is :func:`_batch_moments` + :func:`_affine`.
+
+    Why a custom VJP: autodiff of the two-pass variance and the masked sums emits some ten passes over the
+    activations (and, on XLA:CPU, transposed copies for the reductions). The closed form needs two channel
+    sums over all rows, ``A = Σ g`` and ``B = Σ g·x̂`` (one fused pass), then one elementwise pass::
+
+        dx = s·r·(g − w/n·(A + x̂·B)) + w/n·dmean + 2·w·(x − mean)/n·dvar,   dscale = B,   dbias = A,
+
+    with ``r = 1/sqrt(var + eps)``, ``x̂ = (x − mean)·r``, ``w`` the row weight, ``n = count`` and ``dmean``,
+    ``dvar`` the cotangents of the returned statistics (zero in training, where only the running statistics
+    read them). It uses ``Σ w·(x − mean) = 0`` (the mean's own derivative through the variance vanishes).
+    The same function as autodiff's, to rounding (``tests/models/test_batchnorm.py`` checks it in float64).
+    """
+    y, mean, var, count = _normalize_train(x, scale, bias, weight, epsilon)
+    return y, mean, var, count
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _normalize_train(x, scale, bias, weight, epsilon):
+    mean, var, count = _batch_moments(x, weight)
+    return _affine(x, mean, var, scale, bias, epsilon), mean, var, count
+
+
+def _normalize_train_fwd(x, scale, bias, weight, epsilon):
+    mean, var, count = _batch_moments(x, weight)
+    return (_affine(x, mean, var, scale, bias, epsilon), mean, var, count), (x, scale, weight, mean, var, count)
+
+
+def _normalize_train_bwd(epsilon, res, cotangents):
+    x, scale, weight, mean, var, count = res
+    g, dmean, dvar, _ = cotangents
+    r = jnp.reciprocal(jnp.sqrt(var + epsilon))
+    xhat = (x - mean) * r
+    a = jnp.sum(g, axis=(0, 1, 2))
+    b = jnp.sum(g * xhat, axis=(0, 1, 2))
+    w = (1.0 if weight is None else weight[:, None, None, None]) / jnp.maximum(count, 1.0).astype(x.dtype)
+    dx = (scale * r) * (g - w * (a + xhat * b)) + w * (dmean + 2.0 * (x - mean) * dvar)
+    dweight = None if weight is None else jnp.zeros_like(weight)  # the mask is data, not a parameter
+    return dx, b, a, dweight
+
+
+_normalize_train.defvjp(_normalize_train_fwd, _normalize_train_bwd)

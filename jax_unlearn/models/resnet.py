@@ -103,7 +103,7 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown stem {self.stem!r}; valid: 'imagenet', 'cifar'")
         x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train=train, mask=mask))
         if self.stem == "imagenet":
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+            x = max_pool_3x3_s2(x)
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
@@ -113,6 +113,59 @@ class ResNet(nn.Module):
         fan_in = x.shape[-1]
         return nn.Dense(self.num_classes, kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
                         bias_init=_torch_linear_bias_init(fan_in), name="fc")(x)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """``nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))`` (torchvision's stem pool) on NHWC ``x``,
+    as the maximum of 9 strided slices, with a hand-written backward pass that routes each window's
+    gradient to its first maximal tap in row-major order — what XLA's select-and-scatter (``ge``) and
+    torch's CPU kernel do.
+
+    Why: XLA:CPU expands select-and-scatter (the VJP of ``reduce_window`` max) into iota/scatter passes over
+    the padded map and runs the forward ``reduce_window`` as a generic loop; here both directions are a
+    few elementwise passes over the 9 slices that XLA fuses. Same function, same gradient (up to the order
+    in which the ≤ 4 overlapping windows' contributions to one input are summed).
+    """
+    return _max_pool(x)
+
+
+def _pool_taps(x):
+    n, h, w, c = x.shape
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    return [jax.lax.slice(xp, (0, i, j, 0), (n, i + 2 * (ho - 1) + 1, j + 2 * (wo - 1) + 1, c), (1, 2, 2, 1))
+            for i in range(3) for j in range(3)]
+
+
+@jax.custom_vjp
+def _max_pool(x):
+    return functools.reduce(jnp.maximum, _pool_taps(x))
+
+
+def _max_pool_fwd(x):
+    y = _max_pool(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(res, g):
+    x, y = res
+    n, h, w, c = x.shape
+    ho, wo = y.shape[1:3]
+    free = jnp.ones(y.shape, bool)  # windows whose maximum has not yet been claimed
+    dxp = jnp.zeros((n, h + 2, w + 2, c), g.dtype)
+    zero = jnp.zeros((), g.dtype)
+    for t, tap in enumerate(_pool_taps(x)):
+        i, j = divmod(t, 3)
+        hit = free & (tap == y)
+        free = free & ~hit
+        # The transpose of the strided slice: scatter back with interior padding (stride - 1).
+        dxp = dxp + jax.lax.pad(jnp.where(hit, g, zero), zero,
+                                ((0, 0, 0), (i, h + 2 - i - 2 * (ho - 1) - 1, 1), (j, w + 2 - j - 2 * (wo - 1) - 1, 1),
+                                 (0, 0, 0)))
+    return (dxp[:, 1:h + 1, 1:w + 1],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
