@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +27,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     _data_args(p)
 
 
+def command_line(args) -> str:
+    """The command as a shell line, every flag explicit (defaults included): reruns the same study whether it
+    came from a shell or from ``jax_unlearn.cli.main([...])``."""
+    parts = ["jax-unlearn", "leaderboard"]
+    for key, value in vars(args).items():
+        if key in ("command", "debug") or callable(value) or value is None or value is False or value == []:
+            continue
+        flag = "--" + key.replace("_", "-")
+        for v in value if isinstance(value, list) else [value]:
+            parts += [flag] if v is True else [flag, ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
+    return shlex.join(parts)
+
+
 def run(args) -> int:
     """Tune every method on one budget, score it on fresh seeds with bootstrap intervals; write the table."""
     from jax_unlearn.cli_jobs import check_output, load_data, select_device
@@ -45,6 +57,7 @@ def run(args) -> int:
     if args.original is not None and preset.arch is not None:
         raise ValueError(f"--original: preset {preset.name} uses a small ResNet {preset.arch}, not ResNet-18; "
                          f"give --original with --preset gpu, or let the preset train its original")
+    command = command_line(args)  # before the preset fills the data slice: the line the user gave
     check_output(args.out)
     select_device(args.device)
     if args.max_train is None:
@@ -60,7 +73,7 @@ def run(args) -> int:
 
         original = load_model_variables(args.original, data.num_classes)
     table = leaderboard(args.out, data, preset=preset, methods=args.methods, original=original,
-                        references=references, command="jax-unlearn " + shlex.join(sys.argv[1:]))
+                        references=references, command=command)
     cols = ["method", "final_score", "score_lo", "score_hi", "forgetting_quality", "test_acc", "fraction_of_retrain"]
     print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     note = table["note_small_n"].dropna()
