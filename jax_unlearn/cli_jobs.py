@@ -293,12 +293,12 @@ def _evaluate(args) -> int:
 
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="demo folder")
-    p.add_argument("--n-seeds", type=_positive, default=None, help="default: 4 on CPU, 64 on GPU")
+    p.add_argument("--n-seeds", type=_positive, default=None, help="default: 8 on CPU, 64 on GPU")
     p.add_argument("--epochs", type=_positive, default=None,
-                   help="epochs of the original and retrained models (default: 2 on CPU, 30 on GPU)")
+                   help="epochs of the original and retrained models (default: 3 on CPU, 30 on GPU)")
     p.add_argument("--chunk-size", type=_positive, default=None)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-train", type=_positive, default=None, help="default: 512 on CPU, all on GPU")
+    p.add_argument("--max-train", type=_positive, default=None, help="default: 768 on CPU, all on GPU")
     p.add_argument("--max-eval", type=_positive, default=None, help="default: 256 on CPU, all on GPU")
     _model_args(p)
     _device_arg(p)
@@ -314,9 +314,9 @@ def _demo(args) -> int:
     from jax_unlearn.runs import RunFolder, export_pth
 
     cpu = platform == "cpu"
-    n = args.n_seeds or (4 if cpu else 64)
-    epochs = args.epochs or (2 if cpu else 30)
-    max_train = args.max_train or (512 if cpu else None)
+    n = args.n_seeds or (8 if cpu else 64)
+    epochs = args.epochs or (3 if cpu else 30)
+    max_train = args.max_train or (768 if cpu else None)
     max_eval = args.max_eval or (256 if cpu else None)
     out = Path(args.out)
     t0 = time.perf_counter()
