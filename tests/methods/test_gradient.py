@@ -198,7 +198,7 @@ def test_neggrad_plus_raises_the_forget_loss(setup, vmapped):
         assert forget_ce(ctx, dd, lane(many, i)) > before
         forget_loss = np.asarray(metrics["forget_loss"][i])  # per-epoch mean over the cycled forget batches
         assert forget_loss[-1] > forget_loss[0]
-    assert set(metrics) == {"loss", "retain_loss", "forget_loss"}
+    assert set(metrics) == {"loss", "retain_loss", "forget_loss", "finite"}  # finite: the engine's per-epoch NaN flag
 
 
 def test_random_label_lowers_forget_accuracy(setup, vmapped):
@@ -207,7 +207,7 @@ def test_random_label_lowers_forget_accuracy(setup, vmapped):
     assert float(forget_acc(ctx, dd, start)) == 1.0
     for i in range(2):
         assert float(forget_acc(ctx, dd, lane(many, i))) < 0.9
-    assert set(metrics) == {"loss", "forget_loss"}
+    assert set(metrics) == {"loss", "forget_loss", "finite"}
 
 
 def test_salun_moves_only_salient_weights_and_keeps_the_rest_bit_identical(setup, vmapped):
