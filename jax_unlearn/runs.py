@@ -5,6 +5,7 @@ Layout of a run folder::
     config.json              what was run (method, hyper-parameters, seeds, chunk size, data options)
     data.json                the data/split description (UnlearningData.description + sizes)
     chunks/chunk_00000/      orbax checkpoint: stacked variables (+ snapshots) and metrics of K lanes
+    chunks/chunk_00000.files.json   size and sha256 of each of its files, checked before every restore
     metrics.csv              one row per (seed, epoch): loss and tracked accuracies (pandas)
 
 Jobs that are not one model per seed keep named orbax checkpoints instead of chunks (``save_tree`` /
@@ -192,6 +193,8 @@ def _save_tree(target: Path, tree: Any) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(target.absolute(), tree)
+        if is_primary():
+            write_json(_manifest_path(target), _file_digests(target))
     except OSError as e:
         _discard_partial(target)
         raise type(e)(e.errno, e.strerror or _first_line(e), str(e.filename or target)) from None
@@ -200,7 +203,6 @@ def _save_tree(target: Path, tree: Any) -> None:
     else:
         return
     _discard_partial(target)
-    _collect_quietly()
     raise OSError(None, f"could not write the checkpoint ({reason})", str(target))
 
 
@@ -210,39 +212,61 @@ def _discard_partial(target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _manifest_path(target: Path) -> Path:
+    return target.parent / f"{target.name}.files.json"
+
+
+def _file_digests(target: Path) -> dict[str, list]:
+    """``{relative path: [size in bytes, sha256]}`` of every file of the checkpoint folder ``target``."""
+    import hashlib
+
+    out = {}
+    for f in sorted(p for p in target.rglob("*") if p.is_file()):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+        out[f.relative_to(target).as_posix()] = [f.stat().st_size, h.hexdigest()]
+    return out
+
+
+def _damage(target: Path) -> str | None:
+    """What differs between the checkpoint folder ``target`` and the file list written beside it when it was
+    saved (None: intact, or saved before such lists were written)."""
+    manifest = _manifest_path(target)
+    if not manifest.is_file():
+        return None
+    try:
+        want = json.loads(manifest.read_text())
+    except ValueError:
+        return f"{manifest.name} is not JSON"
+    have = _file_digests(target)
+    for name, (size, digest) in want.items():
+        if name not in have:
+            return f"file {name} is missing"
+        if have[name][0] != size:
+            return f"file {name} has {have[name][0]} bytes, {size} were written"
+        if have[name][1] != digest:
+            return f"file {name} changed since it was written (sha256 differs)"
+    return None
+
+
 def _load_tree(target: Path, what: str = "checkpoint") -> Any:
+    """Restore an orbax checkpoint as NumPy arrays, checking its files against the list saved beside it first:
+    orbax fails on a truncated or emptied file only after it has started reads that, completing after its
+    event loop closed, print ``RuntimeError: Event loop is closed`` tracebacks from tensorstore's threads
+    — after the one-line error was reported."""
     import orbax.checkpoint as ocp
 
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            tree = ckptr.restore(target.absolute())
-    except Exception as e:  # noqa: BLE001 — a corrupt or emptied checkpoint fails in tensorstore, zstd, ...
-        reason = _first_line(e)
-    else:
-        return jax.tree_util.tree_map(np.asarray, tree)
-    _collect_quietly()  # outside the except block: the failed restore's frames are released by now
+    reason = _damage(target)
+    if reason is None:
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                return jax.tree_util.tree_map(np.asarray, ckptr.restore(target.absolute()))
+        except Exception as e:  # noqa: BLE001 — a corrupt checkpoint fails in tensorstore, zstd, ...
+            reason = _first_line(e)
     raise RunFolderError(f"{target}: {what} is unreadable ({reason}); delete that folder and rerun the run's "
                          f"command to recompute it")
-
-
-def _collect_quietly() -> None:
-    """Collect what a failed orbax call left behind now, without its finaliser's noise: its asyncio loop,
-    collected later, reports ``RuntimeError: Event loop is closed`` as an unraisable exception (a traceback
-    on stderr after the error was already reported). Other unraisable exceptions pass through."""
-    import gc
-    import sys
-
-    default = sys.unraisablehook
-
-    def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
-            default(unraisable)
-
-    sys.unraisablehook = hook
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = default
 
 
 def _stage(chunk, stage: int, path: Path):

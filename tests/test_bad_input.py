@@ -100,6 +100,8 @@ CASES = [
          ("{tmp}/ex/unlearned_checkpoint_0.pth", "{tmp}/ex")),
     Case("export emptied chunk", ("export", "{corrupt}", "{tmp}/ex"), 2,
          "chunk 0 is unreadable", ("{tmp}/ex",)),
+    Case("export chunk with one byte changed", ("export", "{flipped}", "{tmp}/ex"), 2,
+         "changed since it was written", ("{tmp}/ex",)),
     Case("export --stage -1", ("export", "{good}", "{tmp}/ex", "--stage", "-1"), 2, "--stage counts from 0",
          ("{tmp}/ex",)),
     Case("export N=2 over an N=4 export", ("export", "{good}", "{stale}"), 0, "wrote 2 checkpoints",
@@ -191,7 +193,7 @@ def world(tmp_path_factory):
         w["readonly"].chmod(0o555)
         w["readonly_cause"] = "permission denied"
     # Run folders (ResNet-18 weights; seed 1 of `nanrun` NaN; `incomplete` lacks chunk 1; `corrupt` has an
-    # emptied chunk file).
+    # emptied chunk file; `flipped` one byte changed in it).
     v = [torch_to_flax(random_torch_resnet18(s).state_dict()) for s in (2, 3)]
     bad = jax.tree_util.tree_map(np.copy, v[1])
     bad["params"]["fc"]["kernel"][0, 0] = np.nan
@@ -202,6 +204,12 @@ def world(tmp_path_factory):
     shutil.copytree(w["good"], w["corrupt"])
     largest = max((p for p in (w["corrupt"] / "chunks").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     largest.write_bytes(b"")
+    w["flipped"] = tmp / "flipped"
+    shutil.copytree(w["good"], w["flipped"])
+    largest = w["flipped"] / largest.relative_to(w["corrupt"])
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    largest.write_bytes(bytes(data))
     w["stale"] = tmp / "stale"
     w["stale"].mkdir()
     for i in range(4):
