@@ -2,6 +2,7 @@
 import zipfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -180,3 +181,19 @@ def test_default_chunk_size_on_cpu_is_eight():
     from jax_unlearn.engine.run import default_chunk_size
 
     assert default_chunk_size(512) == 8 and default_chunk_size(3) == 3
+
+
+@pytest.mark.parametrize("loss, extra, finite", [(1.0, float("nan"), True), (float("nan"), 1.0, False),
+                                                 (1.0, 1.0, True)])
+def test_finite_flag_checks_weights_and_the_loss_not_informational_metrics(tiny_data, tiny_model, loss, extra,
+                                                                          finite):
+    """A metric a method leaves nan by design (SCRUB's forget_kl without a max pass) is not a divergence."""
+    from jax_unlearn.methods import Method
+
+    method = Method(init=lambda key, start, data: start,
+                    epoch=lambda s, key, data, *start: (s, {"loss": jnp.float32(loss), "note": jnp.float32(extra)}),
+                    variables=lambda s: s, num_epochs=2)
+    start = {"params": {"w": jnp.ones(3)}, "batch_stats": {}}
+    run = make_run(context_for(tiny_data, tiny_model), method, RunConfig(track=False))
+    _, metrics = jax.jit(run)(jax.random.key(0), start, device_data(tiny_data))
+    assert np.asarray(metrics["finite"]).tolist() == [finite, finite]
