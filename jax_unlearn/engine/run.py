@@ -1,6 +1,6 @@
 """A whole run as one pure function of ``(key, start_variables, data[, hyper])``, and N of them vmapped.
 
-``make_run`` turns a :class:`~jax_unlearn.methods.Method` — or a ``build(hyper) -> Method`` closure, for
+``make_run`` turns a :class:`~jax_unlearn.engine.protocol.Method` — or a ``build(hyper) -> Method`` closure, for
 per-lane hyper-parameter sweeps — into ``run(key, start_variables, data, hyper=None)``: ``lax.scan`` over
 epochs (each epoch a ``lax.scan`` over steps), per-epoch tracking computed on device. ``run_seeds`` applies
 ``jax.jit(jax.vmap(run))`` to chunks of K seed lanes — one compilation for all chunks — sharded over every
@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax_unlearn.data.types import UnlearningData
 from jax_unlearn.engine.progress import EpochProgress
 from jax_unlearn.engine.train import Context, DeviceData, accuracy
-from jax_unlearn.methods.base import Method
+from jax_unlearn.engine.protocol import Method
 
 TRACK_SPLITS = ("retain", "forget", "validation")
 LANE_AXIS = "seed"  # the mesh axis the lanes (seeds, sweep settings) are sharded over
@@ -103,7 +103,7 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
     masks"): epochs ``e >= hyper['epochs']`` leave the state untouched (``lax.cond``; parameters, optimiser
     state and BatchNorm statistics bit-identical) and report a nan ``loss``, so such a lane computes
     exactly the first ``hyper['epochs']`` epochs of the ``num_epochs`` program — a true k-epoch run
-    whenever the method's schedule does not depend on the total (see :mod:`jax_unlearn.sweep` for
+    whenever the method's schedule does not depend on the total (see :mod:`jax_unlearn.jobs.sweep` for
     schedules that do). A fixed ``Method`` accepts only ``epochs`` per lane.
 
     Returns, per seed: ``variables``; ``metrics`` a dict of (num_epochs,) arrays — the method's own

@@ -27,7 +27,8 @@ from jax_unlearn.engine.losses import cross_entropy, kl_divergence
 from jax_unlearn.engine.optim import torch_adam, torch_sgd
 from jax_unlearn.engine.train import (Context, TrainState, create_state, fold_eval_gradients, run_steps,
                                       supervised_step, teacher_logits, variables_of)
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 from jax_unlearn.models import init_variables
 
 

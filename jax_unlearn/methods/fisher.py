@@ -15,7 +15,8 @@ from jax_unlearn.engine.batches import epoch_batches
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.masks import leaf_kinds
 from jax_unlearn.engine.train import Context, fold_eval_gradients, forward_eval
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 
 _PORT = "xcadet/deepunlearn munl/unlearning/"
 

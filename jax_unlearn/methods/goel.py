@@ -31,7 +31,8 @@ from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.masks import leaf_kinds, masked
 from jax_unlearn.engine.optim import make_optimizer
 from jax_unlearn.engine.train import Context, apply_gradients, create_state, epoch_over, forward_eval, variables_of
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 from jax_unlearn.methods.gradient import AnchoredState
 
 _STAGE = re.compile(r"layer(\d+)_\d+")

@@ -26,7 +26,8 @@ from jax_unlearn.engine.masks import masked, top_fraction_mask
 from jax_unlearn.engine.optim import make_optimizer
 from jax_unlearn.engine.train import (Context, TrainState, apply_gradients, create_state, epoch_over,
                                       fold_eval_gradients, forward_eval, supervised_step, variables_of)
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 
 
 # --------------------------------------------------------------------------------------------- shared links

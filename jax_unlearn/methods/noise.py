@@ -20,7 +20,8 @@ from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import torch_adam
 from jax_unlearn.engine.train import (Context, TrainState, apply_eval, create_state, normalize, predict,
                                       supervised_step, variables_of)
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 from jax_unlearn.methods.distill import bad_teacher_pass, retain_subset, run_pool, subset_size, valid_first
 
 

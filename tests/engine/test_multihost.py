@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from jax_unlearn.runs import RunFolder
+from jax_unlearn.jobs.folders import RunFolder
 
 WORKER = textwrap.dedent("""
     import sys
@@ -29,7 +29,7 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from conftest import synthetic_split
     from jax_unlearn.data.types import Normalization, UnlearningData
-    from jax_unlearn.jobs import run_population
+    from jax_unlearn.jobs.populations import run_population
     from jax_unlearn.models import ResNet, init_variables
 
     rng = np.random.default_rng(0)

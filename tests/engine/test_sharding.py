@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     import jax_unlearn.engine.run as engine
     from jax_unlearn.data.types import Normalization, UnlearningData
     from jax_unlearn.models import ResNet, init_variables
-    from jax_unlearn.sweep import plan_sweep
+    from jax_unlearn.jobs.sweep import plan_sweep
 
     rng = np.random.default_rng(0)
     data = UnlearningData(retain=synthetic_split(rng, 45), forget=synthetic_split(rng, 10),

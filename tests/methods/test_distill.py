@@ -128,7 +128,7 @@ def test_vmapped_seeds_run_differ_and_equal_single_runs(name, runs, ctx, start):
         lane = _lane(many_vars, i)
         moved = _norm(_diff(one_vars["params"], start["params"]))
         assert moved > 0
-        # Relative to how far the run moved the weights (see tests/test_kaggle_dropin.py:update_rel).
+        # Relative to how far the run moved the weights (see tests/dropin/dropin_helpers.py:update_rel).
         assert _norm(_diff(lane, one_vars)) <= TOL * moved
         for key in one_metrics:
             np.testing.assert_allclose(one_metrics[key], many_metrics[key][i], rtol=1e-6)

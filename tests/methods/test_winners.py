@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jax_unlearn.methods.winners_a as wa
-import jax_unlearn.methods.winners_b  # noqa: F401  (registers toshi-conv-transpose, amnesiacs, sun)
+from jax_unlearn.methods.winners.fanchuan import fanchuan_contrastive_loss
+from jax_unlearn.methods.winners.sebastian import sebastian_class_weights
+from jax_unlearn.methods.winners.seif import seif_class_weights, seif_noise
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
 from jax_unlearn.methods import METHODS, build_method
@@ -136,10 +137,10 @@ def test_fanchuan_contrastive_loss_matches_brute_force():
                 total, count = total - (v - lse), count + 1
         return total / count
 
-    np.testing.assert_allclose(wa.fanchuan_contrastive_loss(zf, zr, 1.15), brute(zf, zr), rtol=1e-5)
+    np.testing.assert_allclose(fanchuan_contrastive_loss(zf, zr, 1.15), brute(zf, zr), rtol=1e-5)
     fm, rm = np.array([1, 1, 0, 1, 0], bool), np.array([1, 0, 1, 1, 1, 0, 1], bool)
-    np.testing.assert_allclose(wa.fanchuan_contrastive_loss(zf, zr, 1.15, fm, rm), brute(zf[fm], zr[rm]), rtol=1e-5)
-    grad = jax.grad(lambda f: wa.fanchuan_contrastive_loss(f, zr, 1.15, fm, rm))(zf)
+    np.testing.assert_allclose(fanchuan_contrastive_loss(zf, zr, 1.15, fm, rm), brute(zf[fm], zr[rm]), rtol=1e-5)
+    grad = jax.grad(lambda f: fanchuan_contrastive_loss(f, zr, 1.15, fm, rm))(zf)
     assert np.all(np.asarray(grad)[~fm] == 0)  # padded forget rows do not count
 
 
@@ -169,7 +170,7 @@ def test_kookmin_reinitialises_30_percent_of_each_conv_and_damps_the_rest(setup)
 def test_seif_noise_statistics_and_scope():
     params = {"conv1": {"kernel": jnp.full((7, 7, 3, 64), 0.25)},
               "layer1_0": {"conv1": {"kernel": jnp.ones((3, 3, 4, 4))}}, "bn1": {"scale": jnp.ones((4,))}, "fc": {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros((4,))}}
-    noised = wa.seif_noise(jax.random.key(0), params, 0.6)
+    noised = seif_noise(jax.random.key(0), params, 0.6)
     delta = np.asarray(noised["conv1"]["kernel"]) - 0.25
     assert abs(delta.mean()) < 0.03 and abs(delta.std() - 0.6) < 0.03  # 9408 draws: se ≈ 0.006 / 0.004
     for path in (("layer1_0", "conv1", "kernel"), ("bn1", "scale"), ("fc", "kernel"), ("fc", "bias")):
@@ -177,10 +178,10 @@ def test_seif_noise_statistics_and_scope():
         for p in path:
             a, b = a[p], b[p]
         np.testing.assert_array_equal(a, b)  # the source's named_children() loop reaches the stem only
-    everywhere = wa.seif_noise(jax.random.key(0), params, 0.6, "convs")
+    everywhere = seif_noise(jax.random.key(0), params, 0.6, "convs")
     assert np.all(everywhere["layer1_0"]["conv1"]["kernel"] != 1.0)
     with pytest.raises(ValueError, match="noise_scope"):
-        wa.seif_noise(jax.random.key(0), params, 0.6, "bn")
+        seif_noise(jax.random.key(0), params, 0.6, "bn")
 
 
 def test_seif_renoises_with_final_std_before_the_last_epoch_only(setup):
@@ -205,12 +206,12 @@ def test_class_weights_are_the_ports_formulas_on_the_retain_labels():
 
     labels = np.asarray([0, 0, 0, 2, 1, 2, 0, 2, 0], np.int32)  # class 3 has no retain example
     present = np.unique(labels)
-    seif = np.asarray(wa.seif_class_weights(jnp.asarray(labels), 4))
+    seif = np.asarray(seif_class_weights(jnp.asarray(labels), 4))
     # kgltop3.py: compute_class_weight("balanced", classes=np.unique(targets), y=targets) on the retain loader.
     np.testing.assert_allclose(seif[present], compute_class_weight("balanced", classes=present, y=labels), rtol=1e-6)
     assert seif[3] == 0.0
     # kgltop4.py get_class_weights: torch.unique(targets, return_counts=True) counts ** -0.1.
-    sebastian = np.asarray(wa.sebastian_class_weights(jnp.asarray(labels), 4, -0.1))
+    sebastian = np.asarray(sebastian_class_weights(jnp.asarray(labels), 4, -0.1))
     np.testing.assert_allclose(sebastian[present], np.bincount(labels)[present] ** -0.1, rtol=1e-6)
     assert sebastian[3] == 0.0
 

@@ -12,15 +12,15 @@ import pytest
 
 from jax_unlearn.data.types import DataError, Normalization, Split, UnlearningData
 from jax_unlearn.engine.run import context_for
-from jax_unlearn.leaderboard import leaderboard, resolve_methods, round_zero
-from jax_unlearn.leaderboard_presets import PRESETS, Preset
-from jax_unlearn.leaderboard_stats import CompileClock, bootstrap
+from jax_unlearn.leaderboard.study import leaderboard, resolve_methods, round_zero
+from jax_unlearn.leaderboard.presets import PRESETS, Preset
+from jax_unlearn.leaderboard.stats import CompileClock, bootstrap
 from jax_unlearn.methods import METHODS
-from jax_unlearn.methods.base import Range, SearchSpace
+from jax_unlearn.methods.registry import Range, SearchSpace
 from jax_unlearn.methods.spaces import SPACES
 from jax_unlearn.metrics.competition import final_score, forgetting_quality
 from jax_unlearn.models import ResNet
-from jax_unlearn.runs import RunFolder, RunFolderError
+from jax_unlearn.jobs.folders import RunFolder, RunFolderError
 
 TINY = Preset("tiny", n=4, n_tuning=4, budget=24, rounds=2, bootstrap=20, methods=("finetune",),
               original_epochs=4, recipe={"epochs": 4, "lr": 3e-3, "batch_size": 16}, chunk_size=8)
@@ -193,7 +193,7 @@ def test_scoring_seeds_are_fresh(study):
 def test_ci_preset_end_to_end_on_the_cli(tmp_path):
     """What CI runs: `jax-unlearn leaderboard --preset ci` on the offline Fashion-MNIST (about 15 compiled
     programs of a 4-wide ResNet: minutes on a shared 2-core CPU)."""
-    from jax_unlearn.cli import main
+    from jax_unlearn.cli.main import main
     from jax_unlearn.data import DEFAULT_FASHION_MNIST_DIR
 
     if not Path(DEFAULT_FASHION_MNIST_DIR).is_dir():

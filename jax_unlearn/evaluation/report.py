@@ -42,12 +42,12 @@ from tqdm.auto import tqdm
 
 from converters import atomic_write
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, UnlearningData
-from jax_unlearn.evaluate_sweep import check_reference, format_sweep, score_sweep, sweep_lanes
+from jax_unlearn.evaluation.sweep import check_reference, format_sweep, score_sweep, sweep_lanes
 from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.models import make_model
 from jax_unlearn.metrics import (cross_entropy_per_example, final_score, kit_mia, logit_scaled_confidence,
                                  per_example_epsilon, score_from_epsilons, small_n_note, svc_mia_efficacy)
-from jax_unlearn.runs import NonFiniteError, RunFolder, RunFolderError, diverged_seeds, write_json
+from jax_unlearn.jobs.folders import NonFiniteError, RunFolder, RunFolderError, diverged_seeds, write_json
 
 ACCURACIES = tuple(f"{split}_acc" for split in SPLITS)
 MIA_SPLITS = ("retain", "test", "forget")
@@ -298,12 +298,12 @@ def evaluate(unlearned_dir: str | os.PathLike, data: UnlearningData, *,
     summary; ``data`` (sizes, description); ``files`` written. Unavailable numbers are null.
 
     Sweeps (``config.json['sweep']``): ``sweep`` → every setting's mean accuracies and, with a reference,
-    its forgetting quality and final score, and the ``best`` setting (:mod:`jax_unlearn.evaluate_sweep`;
+    its forgetting quality and final score, and the ``best`` setting (:mod:`jax_unlearn.evaluation.sweep`;
     also ``sweep.csv``); ``competition``, ``per_example.csv``, the ε plots and ``per_model.csv``'s
     ``in_score`` then refer to the best setting, and ``per_model.csv`` gains the swept hyper-parameters.
     The folders are checked (sweep record, seeds per setting, reference) before any model is run.
     """
-    from jax_unlearn import report_plots
+    from jax_unlearn.evaluation import plots as report_plots
 
     out_dir = Path(out_dir) if out_dir is not None else Path(unlearned_dir) / "evaluation"
     lanes = sweep_lanes(RunFolder(unlearned_dir))

@@ -1,4 +1,4 @@
-"""``jax-unlearn leaderboard``'s flags and entry (registered in :data:`jax_unlearn.cli_jobs.COMMANDS`)."""
+"""``jax-unlearn leaderboard``'s flags and entry (registered in :data:`jax_unlearn.cli.commands.COMMANDS`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ import shlex
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    from jax_unlearn.cli_jobs import _data_args, _device_arg
-    from jax_unlearn.leaderboard_presets import PRESETS
+    from jax_unlearn.cli.commands import _data_args, _device_arg
+    from jax_unlearn.leaderboard.presets import PRESETS
 
     p.epilog = ("Protocol: docs/LEADERBOARD.md. Rerunning the same command resumes (nothing finished is "
                 "recomputed); another config in the same --out is refused. Presets: "
@@ -29,7 +29,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def command_line(args) -> str:
     """The command as a shell line, every flag explicit (defaults included): reruns the same study whether it
-    came from a shell or from ``jax_unlearn.cli.main([...])``."""
+    came from a shell or from ``jax_unlearn.cli.main.main([...])``."""
     parts = ["jax-unlearn", "leaderboard"]
     for key, value in vars(args).items():
         if key in ("command", "debug") or callable(value) or value is None or value is False or value == []:
@@ -42,9 +42,9 @@ def command_line(args) -> str:
 
 def run(args) -> int:
     """Tune every method on one budget, score it on fresh seeds with bootstrap intervals; write the table."""
-    from jax_unlearn.cli_jobs import check_output, load_data, select_device
-    from jax_unlearn.leaderboard import resolve_methods
-    from jax_unlearn.leaderboard_presets import get_preset
+    from jax_unlearn.cli.commands import check_output, load_data, select_device
+    from jax_unlearn.leaderboard.study import resolve_methods
+    from jax_unlearn.leaderboard.presets import get_preset
 
     preset = get_preset(args.preset)
     resolve_methods(args.methods, preset)  # names checked before data is loaded or anything is written
@@ -64,7 +64,7 @@ def run(args) -> int:
         args.max_train = preset.max_train
     if args.max_eval is None:
         args.max_eval = preset.max_eval
-    from jax_unlearn.leaderboard import leaderboard
+    from jax_unlearn.leaderboard.study import leaderboard
 
     data = load_data(args)
     original = None

@@ -1,4 +1,5 @@
-"""Hyper-parameter sweeps as lanes of one vmapped program, and picking the best setting by the official score.
+"""Hyper-parameter sweeps as lanes of one vmapped program (picking the best setting by the official score:
+:func:`jax_unlearn.evaluation.sweep.best_setting`).
 
 Any numeric hyper-parameter may be given as a list; the Cartesian product of the lists is the set of
 *settings*, each run with ``seeds_per_setting`` seeds. Every (setting, seed) pair is one lane of the
@@ -24,9 +25,6 @@ import itertools
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
-import pandas as pd
-
-from jax_unlearn.metrics.competition import final_score, forgetting_quality
 
 
 def expand_grid(**lists) -> dict[str, np.ndarray]:
@@ -82,7 +80,7 @@ def lane_builder(name: str, ctx, swept: Iterable[str], static: Mapping[str, Any]
     factory gets ``max_epochs`` and a lane is the first k epochs of the ``max_epochs`` run (use it for a
     factory that needs ``epochs`` as a Python int).
     """
-    from jax_unlearn.methods.base import build_method
+    from jax_unlearn.methods.registry import build_method
 
     swept, static = tuple(swept), dict(static or {})
     if "epochs" in swept and (max_epochs is None or int(max_epochs) != max_epochs or max_epochs < 1):
@@ -153,49 +151,3 @@ def setting_groups(per_lane_hyper: Mapping[str, np.ndarray]) -> list[tuple[dict[
     for i in range(n):
         order.setdefault(tuple(c[i].item() for c in columns), []).append(i)
     return [(dict(zip(names, key)), np.asarray(idx)) for key, idx in order.items()]
-
-
-def best_setting(per_lane_hyper: Mapping[str, np.ndarray], forget_stats_u, forget_stats_r, retain_acc_u,
-                 test_acc_u, retain_acc_r, test_acc_r) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Score every setting of a sweep against the retrained population; return the best and the table.
-
-    Args:
-      per_lane_hyper: name -> (L,) values per lane (e.g. ``SweepPlan.lane_hyper``); lanes with equal
-        values form one setting's population.
-      forget_stats_u: (L, S) ``logit_scaled_confidence`` of the S forget examples under each lane's model.
-      forget_stats_r: (N_r, S) the same under the retrained models.
-      retain_acc_u, test_acc_u: (L,) per-lane accuracies; retain_acc_r, test_acc_r: (N_r,).
-
-    Each setting with n lanes is compared with the first ``m = min(n, N_r)`` retrained models (the score
-    needs two populations of equal size, m >= 2): ``F = forgetting_quality(u[:m], r[:m])`` and
-    ``score = final_score(F, RA_U, RA_R, TA_U, TA_R)`` with all of the setting's lanes for RA_U / TA_U
-    and all retrained models for RA_R / TA_R. The table (one row per setting, best first) has the
-    hyper-parameters, ``n_models``, ``forgetting_quality``, ``retain_acc``, ``test_acc`` and ``score``;
-    the best setting is returned as a dict of its hyper-parameters plus ``score``.
-
-    Reference: google-deepmind/unlearning_evaluation ``main.py`` (the score is per method; here each
-    setting is one "method").
-    """
-    u = np.asarray(forget_stats_u, np.float64)
-    r = np.asarray(forget_stats_r, np.float64)
-    ra_u, ta_u = np.asarray(retain_acc_u, np.float64), np.asarray(test_acc_u, np.float64)
-    if u.ndim != 2 or ra_u.shape != (u.shape[0],) or ta_u.shape != (u.shape[0],):
-        raise ValueError(f"forget_stats_u must be (L, S) and accuracies (L,), got {u.shape}, {ra_u.shape}, "
-                         f"{ta_u.shape}")
-    rows = []
-    for setting, idx in setting_groups(per_lane_hyper):
-        if idx.max() >= u.shape[0]:
-            raise ValueError(f"per_lane_hyper has {len(per_lane_hyper[next(iter(per_lane_hyper))])} lanes, "
-                             f"forget_stats_u {u.shape[0]}")
-        m = min(len(idx), r.shape[0])
-        if m < 2:
-            raise ValueError(f"setting {setting} has {len(idx)} lane(s) against {r.shape[0]} retrained models; "
-                             f"the score needs at least 2 of each")
-        f = forgetting_quality(u[idx[:m]], r[:m])
-        rows.append({**setting, "n_models": len(idx), "forgetting_quality": f,
-                     "retain_acc": float(ra_u[idx].mean()), "test_acc": float(ta_u[idx].mean()),
-                     "score": final_score(f, ra_u[idx], retain_acc_r, ta_u[idx], test_acc_r)})
-    table = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-    best = {k: table.loc[0, k] for k in per_lane_hyper}
-    best = {k: v.item() if hasattr(v, "item") else v for k, v in best.items()}
-    return {**best, "score": float(table.loc[0, "score"])}, table

@@ -3,7 +3,7 @@
 Two tiny populations of real ResNet-18s (the report rebuilds the model from the run's config), one epoch
 of two steps each: 3 fine-tuned seeds in chunks of 2 (the last chunk has 1 lane, so evaluation pads it)
 and 3 retrained seeds. Unequal population sizes and sweep scoring are tested on synthetic statistics (a real
-sweep is evaluated end to end in tests/test_cli.py).
+sweep is evaluated end to end in tests/cli/test_cli.py).
 """
 import dataclasses
 import json
@@ -16,18 +16,18 @@ import pytest
 
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, Split, UnlearningData
 from jax_unlearn.engine.run import RunConfig
-from jax_unlearn.evaluate import competition, evaluate, format_summary, population_outputs
+from jax_unlearn.evaluation.report import competition, evaluate, format_summary, population_outputs
 from jax_unlearn.metrics import small_n_note
-from jax_unlearn.evaluate_sweep import check_reference, format_sweep, score_sweep, sweep_lanes
-from jax_unlearn.jobs import run_population
+from jax_unlearn.evaluation.sweep import check_reference, format_sweep, score_sweep, sweep_lanes
+from jax_unlearn.jobs.populations import run_population
 from jax_unlearn.models import ResNet
 
 # A small ResNet keeps evaluation cheap: the run folder records its architecture and evaluation rebuilds it.
 TINY = ResNet(stage_sizes=(1, 1), num_classes=4, width=8, conv_impl="gemm")
 from jax_unlearn.metrics import final_score, forgetting_quality, logit_scaled_confidence
 from jax_unlearn.models import init_variables
-from jax_unlearn.report_plots import pick_examples
-from jax_unlearn.runs import RunFolder, RunFolderError
+from jax_unlearn.evaluation.plots import pick_examples
+from jax_unlearn.jobs.folders import RunFolder, RunFolderError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIA_MODELS = 2

@@ -9,7 +9,7 @@ Layout of a run folder::
     metrics.csv              one row per (seed, epoch): loss and tracked accuracies (pandas)
 
 Jobs that are not one model per seed keep named orbax checkpoints instead of chunks (``save_tree`` /
-``load_tree``; e.g. SISA's ``original/`` and ``unlearned/`` shard ensembles, :mod:`jax_unlearn.sisa_job`).
+``load_tree``; e.g. SISA's ``original/`` and ``unlearned/`` shard ensembles, :mod:`jax_unlearn.jobs.sisa`).
 
 A job restarted with the same command finds ``config.json`` equal, skips finished chunks and ends with
 identical outputs; a different config in the same folder is refused rather than mixed.

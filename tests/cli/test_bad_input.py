@@ -27,10 +27,10 @@ import torch
 import jax
 from converters import torch_to_flax
 from data.mini_datasets import write_idx_dir, write_kaggle_dir  # tests/ is on sys.path (tests/conftest.py)
-from jax_unlearn.cli import main
-from jax_unlearn.cli_jobs import _data_args, load_data
+from jax_unlearn.cli.main import main
+from jax_unlearn.cli.commands import _data_args, load_data
 from jax_unlearn.models import ResNet
-from jax_unlearn.runs import RunFolder
+from jax_unlearn.jobs.folders import RunFolder
 from torch_reference import random_torch_resnet18
 
 TINY = ("--dataset", "idx", "--max-train", "48", "--max-eval", "16", "--data-dir", "{idx}")
@@ -229,7 +229,7 @@ def world(tmp_path_factory):
 def diverged_run(world):
     """One real run that diverges: a tiny ResNet retrained with lr=1e30 (exit 4, seeds and epochs named)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("jax_unlearn.cli_jobs._model", lambda args, n: _tiny(n))
+        mp.setattr("jax_unlearn.cli.commands._model", lambda args, n: _tiny(n))
         argv = ["retrain", "--out", str(world["diverged"]), "--n-seeds", "2", "--no-track", "--set", "lr=1e30",
                 "--set", "batch_size=16", "--set", "epochs=2", *[a.format(**world) for a in TINY]]
         with contextlib.redirect_stderr(io.StringIO()) as err:
@@ -266,7 +266,7 @@ def test_bad_input(case, world, diverged_run, capfd):
         p = Path(fill(path))
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("jax_unlearn.evaluate.make_model", lambda num_classes, *a, **k: _tiny(num_classes))
+        mp.setattr("jax_unlearn.evaluation.report.make_model", lambda num_classes, *a, **k: _tiny(num_classes))
         code = _run([fill(a) for a in case.argv])
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
@@ -307,8 +307,8 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(world, tmp_path):
         import numpy as np
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-        from jax_unlearn.cli import classify, main
-        from jax_unlearn.runs import RunFolder
+        from jax_unlearn.cli.main import classify, main
+        from jax_unlearn.jobs.folders import RunFolder
         code = main(["export", {str(world["good"])!r}, {str(tmp_path / "ex")!r}])
         try:
             big = {{"w": np.random.default_rng(0).random((2, 1 << 19))}}  # 8 MB, incompressible
@@ -317,7 +317,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(world, tmp_path):
             print("chunk:", *classify(e), file=sys.stderr)
         sys.exit(code)
     """)
-    root = str(Path(__file__).parents[1])
+    root = str(Path(__file__).parents[2])
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root,
                           env={**os.environ, "PYTHONPATH": root})
     assert proc.returncode == 3, proc.stderr

@@ -1,7 +1,7 @@
 """The leaderboard's presets: how big a study is (N, tuning budget, data, model, bootstrap B).
 
 A :class:`Preset` is the whole size of a ``jax-unlearn leaderboard`` study; the protocol it runs is
-:mod:`jax_unlearn.leaderboard` (and docs/LEADERBOARD.md). ``ci`` is tiny (a 4-wide two-stage ResNet on a
+:mod:`jax_unlearn.leaderboard.study` (and docs/LEADERBOARD.md). ``ci`` is tiny (a 4-wide two-stage ResNet on a
 few hundred Fashion-MNIST images, finetune only: about 5 CPU-minutes, mostly compiling its programs);
 ``cpu`` is sized for a 2-core CPU machine (every method, estimated from ``ci``'s measured costs); ``gpu``
 is the competition's own scale (ResNet-18, full Fashion-MNIST, N = 512).

@@ -7,10 +7,9 @@ library calls here, at the edge — nothing below sees ``args``.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from jax_unlearn.cli_args import (check_output, class_ids as _class_ids, fraction as _fraction,
+from jax_unlearn.cli.args import (check_output, class_ids as _class_ids, fraction as _fraction,
                                   parse_set as _hyper, positive as _positive, seed as _seed)
 
 DATASETS = ("fashion-mnist", "idx", "kaggle", "cifar10")
@@ -181,7 +180,7 @@ def _train_original(args) -> int:
     """Train the original model on retain ∪ forget with the official recipe; write .pth + .msgpack."""
     select_device(args.device)
     from converters import flax_to_torch, save_flax_variables, save_torch_checkpoint
-    from jax_unlearn.jobs import train_original
+    from jax_unlearn.jobs.populations import train_original
 
     out = Path(args.out)
     if out.suffix != ".pth":
@@ -210,7 +209,7 @@ def _unlearn(args) -> int:
     hyper = _hyper(args.set, args.method)  # checked before anything is loaded or written
     check_output(args.out)
     select_device(args.device)
-    from jax_unlearn.jobs import run_population
+    from jax_unlearn.jobs.populations import run_population
 
     data = load_data(args)
     start = _load_variables(args.original, data.num_classes)
@@ -227,7 +226,7 @@ def _retrain(args) -> int:
     hyper = _hyper(args.set, "retrain")
     check_output(args.out)
     select_device(args.device)
-    from jax_unlearn.jobs import run_population
+    from jax_unlearn.jobs.populations import run_population
 
     data = load_data(args)
     folder = run_population(args.out, "retrain", data, n_seeds=args.n_seeds, base_seed=args.base_seed,
@@ -255,7 +254,7 @@ def _export(args) -> int:
 
     All or nothing: nothing is written unless every model is exported (an incomplete run or a model with
     NaN/inf weights is refused). Identical runs give byte-identical files."""
-    from jax_unlearn.runs import RunFolder, export_pth
+    from jax_unlearn.jobs.folders import RunFolder, export_pth
 
     if args.stage is not None and args.stage < 0:
         raise ValueError(f"--stage counts from 0, got {args.stage}")
@@ -284,7 +283,7 @@ def _evaluate(args) -> int:
     retrained population; the table (sweep.csv, report.json['sweep']) marks the best setting.
     """
     select_device(args.device)
-    from jax_unlearn.evaluate import evaluate, format_summary
+    from jax_unlearn.evaluation.report import evaluate, format_summary
 
     report = evaluate(args.run_dir, load_data(args), retrained_dir=args.retrained, out_dir=args.report_dir)
     print(format_summary(report))
@@ -305,39 +304,13 @@ def _demo_args(p):
 
 
 def _demo(args) -> int:
-    """The main job on the offline default: original model, N unlearned + N retrained, export, report."""
+    """The main job on the offline default (:func:`jax_unlearn.demo.demo`)."""
     platform = select_device(args.device)
-    from converters import flax_to_torch, load_flax_variables, save_flax_variables, save_torch_checkpoint
-    from jax_unlearn.data import load_dataset
-    from jax_unlearn.evaluate import evaluate, format_summary
-    from jax_unlearn.jobs import run_population, train_original
-    from jax_unlearn.runs import RunFolder, export_pth
+    from jax_unlearn.demo import demo
 
-    cpu = platform == "cpu"
-    n = args.n_seeds or (8 if cpu else 64)
-    epochs = args.epochs or (3 if cpu else 30)
-    max_train = args.max_train or (768 if cpu else None)
-    max_eval = args.max_eval or (256 if cpu else None)
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    data = load_dataset("fashion-mnist", args.data_dir, max_train=max_train, max_eval=max_eval)
-    print(f"[demo] {platform}: Fashion-MNIST {data.sizes()}, {n} seeds, {epochs} epochs for original/retrain")
-    original = out / "original.msgpack"
-    if original.exists():
-        variables = load_flax_variables(original)
-        print(f"[demo] reusing {original}")
-    else:
-        variables, _ = train_original(data, epochs=epochs, model=_model(args, data.num_classes))
-        save_flax_variables(variables, original)
-        save_torch_checkpoint(flax_to_torch(variables), out / "original.pth")
-    kw = {"chunk_size": args.chunk_size, "dtype": args.dtype, "model": _model(args, data.num_classes)}
-    unlearned = run_population(out / "unlearned", "finetune", data, start_variables=variables, n_seeds=n, **kw)
-    retrained = run_population(out / "retrained", "retrain", data, n_seeds=n, hyper={"epochs": epochs}, **kw)
-    export_pth(RunFolder(unlearned.path), out / "submission", n=n)
-    report = evaluate(unlearned.path, data, retrained_dir=retrained.path, out_dir=out / "evaluation")
-    print(format_summary(report))
-    print(f"[demo] done in {time.perf_counter() - t0:.0f} s: checkpoints + submission.zip in {out / 'submission'}, "
-          f"report in {out / 'evaluation'}")
+    demo(args.out, _model(args, 10), platform=platform, n_seeds=args.n_seeds, epochs=args.epochs,
+         chunk_size=args.chunk_size, data_dir=args.data_dir, max_train=args.max_train, max_eval=args.max_eval,
+         dtype=args.dtype)
     return 0
 
 
@@ -367,7 +340,7 @@ def _sisa(args) -> int:
     prints the ensembles' accuracy before / after, the shards retrained and the wall times.
     """
     select_device(args.device)
-    from jax_unlearn.sisa_job import check_shards, format_sisa, run_sisa
+    from jax_unlearn.jobs.sisa import check_shards, format_sisa, run_sisa
 
     if args.shards < 2:  # fail before loading data
         check_shards(args.shards, args.shards)
@@ -379,7 +352,7 @@ def _sisa(args) -> int:
     return 0
 
 
-from jax_unlearn.leaderboard_cli import add_args as _leaderboard_args, run as _leaderboard  # noqa: E402
+from jax_unlearn.cli.leaderboard import add_args as _leaderboard_args, run as _leaderboard  # noqa: E402
 
 COMMANDS = [
     ("methods", _methods_args, _methods),

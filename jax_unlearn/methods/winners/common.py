@@ -1,8 +1,8 @@
 """Pieces shared by the ports of the NeurIPS 2023 Machine Unlearning Challenge winners.
 
-The methods themselves live in :mod:`jax_unlearn.methods.winners_a` (fanchuan, kookmin, seif, sebastian)
-and :mod:`jax_unlearn.methods.winners_b` (toshi-conv-transpose, amnesiacs, sun); this module holds what
-they have in common, so no method carries a copy:
+The methods themselves live one per module beside this one (fanchuan, kookmin, seif, sebastian, toshi
+— ``toshi-conv-transpose`` —, amnesiacs, sun); this module holds what they have in common, so no method
+carries a copy:
 
 * :class:`WinnerState` — model, one optimiser state per optimiser the method uses, the number of engine
   epochs done (an unbatched ``int32`` under ``vmap``, so ``lax.cond`` on it stays a real branch), and a
@@ -43,6 +43,8 @@ from jax_unlearn.engine.batches import epoch_batches, steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.masks import leaf_kinds
 from jax_unlearn.engine.train import Context, TrainState, apply_gradients, loss_and_grads, run_steps
+
+REF = "NeurIPS 2023 Machine Unlearning Challenge (Kaggle); port: xcadet/deepunlearn munl/unlearning/"
 
 
 class WinnerState(NamedTuple):

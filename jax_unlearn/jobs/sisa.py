@@ -36,7 +36,7 @@ from jax_unlearn.data.types import SPLITS, UnlearningData
 from jax_unlearn.engine.run import context_for, device_data
 from jax_unlearn.models import make_model
 from jax_unlearn.methods.sisa import DEFAULTS, Shards, check_hyper, shard_logits, sisa
-from jax_unlearn.runs import RunFolder, write_json
+from jax_unlearn.jobs.folders import RunFolder, write_json
 
 PHASES = ("original", "unlearned")
 

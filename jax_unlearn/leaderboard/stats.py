@@ -25,7 +25,7 @@ MIN_BOOTSTRAP_N = 4  # a resample of fewer models is mostly duplicates: the inte
 def bootstrap(u: Mapping[str, Any], r: Mapping[str, Any], n: int, B: int, seed: int) -> dict[str, Any]:
     """95% intervals of F and the final score over ``B`` resamples of the first ``n`` models of each.
 
-    Args: ``u``, ``r``: :func:`~jax_unlearn.evaluate.population_outputs`-like dicts (``forget_stat``
+    Args: ``u``, ``r``: :func:`~jax_unlearn.evaluation.report.population_outputs`-like dicts (``forget_stat``
     (N, S), ``retain_acc``, ``test_acc`` (N,)); ``n`` models compared; ``seed`` of the Generator.
 
     Returns ``{'B', 'seed', 'seconds', 'f_lo', 'f_hi', 'score_lo', 'score_hi'}`` (2.5th / 97.5th percentiles).

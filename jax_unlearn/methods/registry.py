@@ -1,27 +1,12 @@
-"""What an unlearning method (or training recipe) is, and the one registry that holds them all.
-
-A method is a small factory ``factory(ctx, **hyper) -> Method`` (like ``optax.adam(...)`` returns a
-``GradientTransformation``) whose pure functions the engine scans over epochs and vmaps over seeds:
-
-* ``init(key, start_variables, data) -> state``  — ``start_variables`` is the original model (ignored by
-  recipes that train from scratch, which draw their init from ``key``).
-* ``epoch(state, key, data) -> (state, metrics)`` — one epoch; ``metrics`` a dict of scalars.
-* ``variables(state) -> {'params', 'batch_stats'}``.
-* ``num_epochs`` — how many times the engine calls ``epoch``.
-
-All randomness comes from the keys handed in; anything that may differ per seed is an array argument.
+"""The one registry of unlearning methods and training recipes: factories ``factory(ctx, **hyper) -> Method``
+(:class:`jax_unlearn.engine.protocol.Method`) under their names, with defaults and search spaces.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
-
-class Method(NamedTuple):
-    init: Callable
-    epoch: Callable
-    variables: Callable
-    num_epochs: int
+from jax_unlearn.engine.protocol import Method
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""Evaluating a sweep run folder setting by setting (a part of :func:`jax_unlearn.evaluate.evaluate`).
+"""Evaluating a sweep run folder setting by setting (a part of :func:`jax_unlearn.evaluation.report.evaluate`).
 
 A sweep (``run_population`` / ``jax-unlearn unlearn`` with list-valued hyper-parameters) holds
 ``n_settings · seeds_per_setting`` models; ``config.json['sweep']['lane_hyper']`` says which lane (= seed
 id) ran which setting. Each setting is one population: it is scored against the retrained population
-with the official metric (:func:`jax_unlearn.sweep.best_setting`), on its first ``m = min(
+with the official metric (:func:`best_setting`), on its first ``m = min(
 seeds_per_setting, N_retrained)`` seeds against the first ``m`` retrained models — the rule the plain
 report uses for two populations of unequal size — so the best setting's row equals the report's
 ``competition`` section, which is computed for that setting.
@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from jax_unlearn.metrics import small_n_note
-from jax_unlearn.runs import RunFolder, RunFolderError
-from jax_unlearn.sweep import best_setting, setting_groups
+from jax_unlearn.metrics.competition import final_score, forgetting_quality
+from jax_unlearn.jobs.folders import RunFolder, RunFolderError
+from jax_unlearn.jobs.sweep import setting_groups
 
 MIN_SEEDS = 2  # the score compares two populations of at least two models each
 ACCURACY_COLUMNS = ("retain_acc", "forget_acc", "validation_acc", "test_acc")
@@ -87,7 +88,7 @@ def check_reference(lanes: SweepLanes | None, unlearned: RunFolder, retrained: R
 
 
 def _take(pop: Mapping[str, Any], lanes: np.ndarray) -> dict[str, Any]:
-    """The :func:`~jax_unlearn.evaluate.population_outputs` of the given lanes only (MIA logits dropped)."""
+    """The :func:`~jax_unlearn.evaluation.report.population_outputs` of the given lanes only (MIA logits dropped)."""
     out = {k: v for k, v in pop.items() if k not in ("mia_logits",)}
     for k in ("seed", "forget_stat", *ACCURACY_COLUMNS):
         out[k] = np.asarray(pop[k])[lanes]
@@ -171,3 +172,49 @@ def format_sweep(section: Mapping[str, Any]) -> list[str]:
                      + f" (final score {best['score']:.4f})")
     lines.extend(f"note: {section[k]}" for k in ("note", "note_small_n") if section.get(k))
     return lines
+
+
+def best_setting(per_lane_hyper: Mapping[str, np.ndarray], forget_stats_u, forget_stats_r, retain_acc_u,
+                 test_acc_u, retain_acc_r, test_acc_r) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Score every setting of a sweep against the retrained population; return the best and the table.
+
+    Args:
+      per_lane_hyper: name -> (L,) values per lane (e.g. ``SweepPlan.lane_hyper``); lanes with equal
+        values form one setting's population.
+      forget_stats_u: (L, S) ``logit_scaled_confidence`` of the S forget examples under each lane's model.
+      forget_stats_r: (N_r, S) the same under the retrained models.
+      retain_acc_u, test_acc_u: (L,) per-lane accuracies; retain_acc_r, test_acc_r: (N_r,).
+
+    Each setting with n lanes is compared with the first ``m = min(n, N_r)`` retrained models (the score
+    needs two populations of equal size, m >= 2): ``F = forgetting_quality(u[:m], r[:m])`` and
+    ``score = final_score(F, RA_U, RA_R, TA_U, TA_R)`` with all of the setting's lanes for RA_U / TA_U
+    and all retrained models for RA_R / TA_R. The table (one row per setting, best first) has the
+    hyper-parameters, ``n_models``, ``forgetting_quality``, ``retain_acc``, ``test_acc`` and ``score``;
+    the best setting is returned as a dict of its hyper-parameters plus ``score``.
+
+    Reference: google-deepmind/unlearning_evaluation ``main.py`` (the score is per method; here each
+    setting is one "method").
+    """
+    u = np.asarray(forget_stats_u, np.float64)
+    r = np.asarray(forget_stats_r, np.float64)
+    ra_u, ta_u = np.asarray(retain_acc_u, np.float64), np.asarray(test_acc_u, np.float64)
+    if u.ndim != 2 or ra_u.shape != (u.shape[0],) or ta_u.shape != (u.shape[0],):
+        raise ValueError(f"forget_stats_u must be (L, S) and accuracies (L,), got {u.shape}, {ra_u.shape}, "
+                         f"{ta_u.shape}")
+    rows = []
+    for setting, idx in setting_groups(per_lane_hyper):
+        if idx.max() >= u.shape[0]:
+            raise ValueError(f"per_lane_hyper has {len(per_lane_hyper[next(iter(per_lane_hyper))])} lanes, "
+                             f"forget_stats_u {u.shape[0]}")
+        m = min(len(idx), r.shape[0])
+        if m < 2:
+            raise ValueError(f"setting {setting} has {len(idx)} lane(s) against {r.shape[0]} retrained models; "
+                             f"the score needs at least 2 of each")
+        f = forgetting_quality(u[idx[:m]], r[:m])
+        rows.append({**setting, "n_models": len(idx), "forgetting_quality": f,
+                     "retain_acc": float(ra_u[idx].mean()), "test_acc": float(ta_u[idx].mean()),
+                     "score": final_score(f, ra_u[idx], retain_acc_r, ta_u[idx], test_acc_r)})
+    table = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    best = {k: table.loc[0, k] for k in per_lane_hyper}
+    best = {k: v.item() if hasattr(v, "item") else v for k, v in best.items()}
+    return {**best, "score": float(table.loc[0, "score"])}, table

@@ -74,7 +74,7 @@ def parse_set(pairs: list[str], method: str | None = None) -> dict:
     """``--set lr=0.01 --set epochs=2`` -> {'lr': 0.01, 'epochs': 2} (values parsed as JSON when possible).
 
     With ``method`` (a registered name, or ``'sisa'``) every value is checked against the method's declared
-    defaults (:func:`jax_unlearn.hyper.check_hyper`: type, range, known name) — before anything is written."""
+    defaults (:func:`jax_unlearn.methods.hyper.check_hyper`: type, range, known name) — before anything is written."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
@@ -86,7 +86,7 @@ def parse_set(pairs: list[str], method: str | None = None) -> dict:
             out[k] = v
     if method is None:
         return out
-    from jax_unlearn.hyper import check_hyper
+    from jax_unlearn.methods.hyper import check_hyper
 
     if method == "sisa":  # names sisa.DEFAULTS does not list are left to sisa_job, which names them
         from jax_unlearn.methods import sisa

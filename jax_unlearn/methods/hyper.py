@@ -1,8 +1,8 @@
 """Hyper-parameter values checked against a method's declared defaults, before anything runs or is written.
 
-A method declares each hyper-parameter by its default (:class:`jax_unlearn.methods.base.MethodInfo`); the
+A method declares each hyper-parameter by its default (:class:`jax_unlearn.methods.registry.MethodInfo`); the
 default's type is the expected type: ``bool``, ``int``, ``float``, ``str`` or a tuple. A list value is a
-sweep (:mod:`jax_unlearn.sweep`): each of its entries is checked. Ranges are the ones every method shares:
+sweep (:mod:`jax_unlearn.jobs.sweep`): each of its entries is checked. Ranges are the ones every method shares:
 sizes and the number of epochs are positive, other counts non-negative, real numbers finite, learning
 rates non-negative. A method may check more (its factory raises ``ValueError`` with the reason).
 """

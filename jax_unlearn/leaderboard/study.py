@@ -1,6 +1,6 @@
 """``jax-unlearn leaderboard``: every method tuned on one budget and scored by the official metric, with CIs.
 
-The protocol (docs/LEADERBOARD.md is its definition; a :class:`~jax_unlearn.leaderboard_presets.Preset`
+The protocol (docs/LEADERBOARD.md is its definition; a :class:`~jax_unlearn.leaderboard.presets.Preset`
 sizes it)::
 
     1 original      the official recipe on retain ∪ forget (or a given model); seed 10_000
@@ -22,7 +22,7 @@ Folder layout (every run folder resumable; finished rounds and rows are read bac
     DIR/references/{original,retrained}/   run folders (+ timing.json)
     DIR/methods/<name>/round_<r>/    a tuning round's run folder, round_<r>.csv its scores
     DIR/methods/<name>/scoring/      the scored population; result.json its row
-    DIR/tuning.csv, leaderboard.csv, LEADERBOARD.md, leaderboard.png   (jax_unlearn.leaderboard_report)
+    DIR/tuning.csv, leaderboard.csv, LEADERBOARD.md, leaderboard.png   (jax_unlearn.leaderboard.report)
 """
 from __future__ import annotations
 
@@ -39,14 +39,14 @@ import pandas as pd
 
 from converters import atomic_write
 from jax_unlearn.data.types import DataError, UnlearningData
-from jax_unlearn.evaluate import check_data, competition, mia_per_model, population_outputs
-from jax_unlearn.leaderboard_presets import REFERENCE_METHOD, Preset, get_preset
-from jax_unlearn.leaderboard_stats import MIN_BOOTSTRAP_N, CompileClock, bootstrap
+from jax_unlearn.evaluation.report import check_data, competition, mia_per_model, population_outputs
+from jax_unlearn.leaderboard.presets import REFERENCE_METHOD, Preset, get_preset
+from jax_unlearn.leaderboard.stats import MIN_BOOTSTRAP_N, CompileClock, bootstrap
 from jax_unlearn.methods import METHODS, build_method
-from jax_unlearn.methods.base import search_space
+from jax_unlearn.methods.registry import search_space
 from jax_unlearn.metrics import small_n_note
-from jax_unlearn.runs import RunFolder, RunFolderError, _json_default, write_json
-from jax_unlearn.sweep import best_setting
+from jax_unlearn.jobs.folders import RunFolder, RunFolderError, _json_default, write_json
+from jax_unlearn.evaluation.sweep import best_setting
 
 SEEDS = {"original": 10_000, "retrained": 3000, "score": 2000, "untuned": 2001}
 ROUND_SEED = 1000  # round r of every method's tuning: stream 1000 + r (disjoint from every scoring stream)
@@ -115,7 +115,7 @@ def check_references(references: Mapping[str, str | os.PathLike], data: Unlearni
 def _timed_population(out: Path, *args, **kw) -> tuple[RunFolder, dict[str, float] | None]:
     """:func:`run_population` timed with compile apart: ``{'seconds_per_model', 'compile_s', 'models'}`` over
     the models this call trained (None when the folder was already finished: its recorded timing stands)."""
-    from jax_unlearn.jobs import run_population
+    from jax_unlearn.jobs.populations import run_population
 
     done = 0
     if (out / "config.json").is_file():
@@ -220,7 +220,7 @@ def tune(name: str, out: Path, data, original, ref_tuning: Mapping[str, Any], pr
             table = pd.read_csv(csv)
         else:
             log(f"[leaderboard] {name}: round {r}, {len(epochs)} settings × {seeds} seeds")
-            from jax_unlearn.jobs import run_population
+            from jax_unlearn.jobs.populations import run_population
 
             folder = run_population(out / f"round_{r}", name, data, start_variables=original, n_seeds=seeds,
                                     base_seed=ROUND_SEED + r, settings=settings, model=model, progress=False,
@@ -255,7 +255,7 @@ def leaderboard(out: str | os.PathLike, data: UnlearningData, *, preset: str | P
     overrides the preset's architecture (tests). Every bad input fails before any model runs.
     """
     from jax_unlearn.engine.run import context_for
-    from jax_unlearn.leaderboard_report import write_outputs
+    from jax_unlearn.leaderboard.report import write_outputs
     from jax_unlearn.models import architecture, make_model
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
@@ -282,7 +282,7 @@ def leaderboard(out: str | os.PathLike, data: UnlearningData, *, preset: str | P
     refs = out / "references"
 
     if original is None and not (refs / "original" / "chunks").exists():
-        from jax_unlearn.jobs import train_original
+        from jax_unlearn.jobs.populations import train_original
 
         log("[leaderboard] training the original model")
         original, _ = train_original(data, seed=SEEDS["original"], model=model, progress=False,

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from data.mini_datasets import write_idx_dir  # tests/ is on sys.path (tests/conftest.py)
-from jax_unlearn.cli import main
-from jax_unlearn.cli_jobs import _data_args, load_data
+from jax_unlearn.cli.main import main
+from jax_unlearn.cli.commands import _data_args, load_data
 from jax_unlearn.data.types import SPLITS
 from jax_unlearn.engine.run import context_for
-from jax_unlearn.evaluate import population_outputs
+from jax_unlearn.evaluation.report import population_outputs
 from jax_unlearn.models import make_model
 from jax_unlearn.methods.sisa import aggregate_probs
 from jax_unlearn.metrics import final_score, forgetting_quality
-from jax_unlearn.runs import RunFolder
+from jax_unlearn.jobs.folders import RunFolder
 from torch_reference import random_torch_resnet18
 
 TINY = ["--dataset", "idx", "--max-train", "48", "--max-eval", "16"]
@@ -63,7 +63,7 @@ def test_methods_lists_every_method_of_the_library(capsys, markdown):
 
 @pytest.mark.parametrize("conv", ["xla", "gemm", "gemm-body", "auto"])
 def test_conv_flag_picks_the_lowering(conv, capsys):
-    from jax_unlearn.cli_jobs import _model_args, _model
+    from jax_unlearn.cli.commands import _model_args, _model
 
     p = argparse.ArgumentParser()
     _model_args(p)
@@ -79,7 +79,7 @@ def test_conv_flag_picks_the_lowering(conv, capsys):
 
 @pytest.mark.parametrize("command", ["unlearn", "retrain", "sisa", "demo"])
 def test_every_command_that_trains_takes_dtype_and_conv(command):
-    from jax_unlearn.cli import _commands
+    from jax_unlearn.cli.main import _commands
 
     (add_arguments,) = [add for name, add, _ in _commands() if name == command]
     p = argparse.ArgumentParser()
@@ -137,7 +137,7 @@ def test_evaluate_scores_every_setting_of_a_sweep_and_marks_the_best(sweep_runs,
     sweep = report["sweep"]
     assert [row["lr"] for row in sweep["settings"]] == pytest.approx([0.001, 0.1])
     assert (sweep["n_settings"], sweep["seeds_per_setting"], sweep["n_compared"]) == (2, 4, 4)
-    # Independently of jax_unlearn.sweep: group the lanes by the recorded lr, score each group.
+    # Independently of jax_unlearn.jobs.sweep: group the lanes by the recorded lr, score each group.
     data = _data(flags)
     u, r = (population_outputs(tmp / name, data, progress=False) for name in ("sweep", "retrain"))
     lane_lr = np.asarray(json.loads((tmp / "sweep" / "config.json").read_text())["sweep"]["lane_hyper"]["lr"])

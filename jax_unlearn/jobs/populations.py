@@ -19,12 +19,12 @@ from jax_unlearn.data.types import UnlearningData
 from jax_unlearn.engine.progress import EpochProgress
 from jax_unlearn.engine.run import (RunConfig, context_for, default_chunk_size, device_data, is_primary, make_run,
                                     primary_answer, run_seeds, sync_processes)
-from jax_unlearn.hyper import check_hyper, check_seeds
+from jax_unlearn.methods.hyper import check_hyper, check_seeds
 from jax_unlearn.methods import build_method, get_method
 from jax_unlearn.methods.finetune import original
 from jax_unlearn.models import architecture, lowering_of, make_model
-from jax_unlearn.runs import NonFiniteError, RunFolder
-from jax_unlearn.sweep import plan_settings, plan_sweep, split_hyper
+from jax_unlearn.jobs.folders import NonFiniteError, RunFolder
+from jax_unlearn.jobs.sweep import plan_settings, plan_sweep, split_hyper
 
 
 def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *, start_variables=None,
@@ -42,7 +42,7 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     resolved as ``config.json["conv"]``. ``model`` overrides the ResNet-18 (tests use tiny ones).
 
     Sweeps: list-valued ``hyper`` entries (e.g. ``{'lr': [1e-3, 1e-2]}``) run every setting of their grid
-    with ``n_seeds`` lanes each in one vmapped program (:mod:`jax_unlearn.sweep`); the folder then holds
+    with ``n_seeds`` lanes each in one vmapped program (:mod:`jax_unlearn.jobs.sweep`); the folder then holds
     ``n_settings * n_seeds`` models and ``config.json['sweep']['lane_hyper']`` says which lane ran what.
 
     ``progress``: per-epoch progress reported from inside the compiled program (epochs done, img/s over the
@@ -50,7 +50,7 @@ def run_population(out: str | os.PathLike, method: str, data: UnlearningData, *,
     terminal, else one line per epoch (None); a bar (True); none, and no hook in the program (False).
 
     ``settings``: explicit settings instead of a grid, name -> list with entry ``j`` of every list setting
-    ``j`` (:func:`jax_unlearn.sweep.plan_settings`; the leaderboard's successive-halving rounds).
+    ``j`` (:func:`jax_unlearn.jobs.sweep.plan_settings`; the leaderboard's successive-halving rounds).
     """
     info = get_method(method)
     if settings is not None:  # zipped settings: checked like a sweep's lists, planned without a product

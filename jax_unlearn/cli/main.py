@@ -73,7 +73,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _commands() -> list[Command]:
-    from jax_unlearn.cli_jobs import COMMANDS
+    from jax_unlearn.cli.commands import COMMANDS
 
     return [("convert", _convert_args, _convert), *COMMANDS]
 
@@ -111,7 +111,7 @@ def classify(error: BaseException) -> tuple[int, str]:
     """``(exit code, one-line message)`` for an exception that ended a command."""
     from converters import CheckpointError
     from jax_unlearn.data import DataError
-    from jax_unlearn.runs import NonFiniteError
+    from jax_unlearn.jobs.folders import NonFiniteError
 
     if isinstance(error, NonFiniteError):
         return EXIT_NONFINITE, _one_line(error)
