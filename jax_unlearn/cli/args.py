@@ -88,7 +88,7 @@ def parse_set(pairs: list[str], method: str | None = None) -> dict:
         return out
     from jax_unlearn.methods.hyper import check_hyper
 
-    if method == "sisa":  # names sisa.DEFAULTS does not list are left to sisa_job, which names them
+    if method == "sisa":  # names sisa.DEFAULTS does not list are left to jax_unlearn.jobs.sisa, which names them
         from jax_unlearn.methods import sisa
 
         defaults = {k: v for k, v in sisa.DEFAULTS.items() if k != "num_shards"}

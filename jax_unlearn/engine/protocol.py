@@ -5,7 +5,10 @@ A method is a small factory ``factory(ctx, **hyper) -> Method`` (like ``optax.ad
 
 * ``init(key, start_variables, data) -> state``  — ``start_variables`` is the original model (ignored by
   recipes that train from scratch, which draw their init from ``key``).
-* ``epoch(state, key, data) -> (state, metrics)`` — one epoch; ``metrics`` a dict of scalars.
+* ``epoch(state, key, data, start) -> (state, metrics)`` — one epoch; ``metrics`` a dict of scalars;
+  ``start`` is the same frozen ``start_variables`` as ``init`` got (teachers, anchors): a method reads
+  references from it rather than copying them into its per-seed state (as big_vision passes frozen
+  parameters as arguments).
 * ``variables(state) -> {'params', 'batch_stats'}``.
 * ``num_epochs`` — how many times the engine calls ``epoch``.
 

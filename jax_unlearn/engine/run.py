@@ -144,13 +144,13 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
         def epoch_of(state, e):
             k = jax.random.fold_in(k_epochs, e)
             if lane_epochs is None:
-                return m.epoch(state, k, data)
+                return m.epoch(state, k, data, start_variables)
 
             def skip(state):
-                shapes = jax.eval_shape(m.epoch, state, k, data)[1]
+                shapes = jax.eval_shape(m.epoch, state, k, data, start_variables)[1]
                 return state, jax.tree_util.tree_map(lambda s: jnp.full(s.shape, _blank(s.dtype), s.dtype), shapes)
 
-            return jax.lax.cond(e < lane_epochs, lambda s: m.epoch(s, k, data), skip, state)
+            return jax.lax.cond(e < lane_epochs, lambda s: m.epoch(s, k, data, start_variables), skip, state)
 
         def one_epoch(state, e):
             state, metrics = epoch_of(state, e)

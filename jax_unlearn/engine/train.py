@@ -1,6 +1,6 @@
 """One seed's training pieces: state, forward passes, one optimiser step, a scan of steps, one epoch over a split.
 
-Everything here is written for a single model; the engine vmaps it over seeds (``jax_unlearn.engine.seeds``).
+Everything here is written for a single model; the engine vmaps it over seeds (:mod:`jax_unlearn.engine.run`).
 Images arrive as uint8 on device and are normalised on the fly (``Context.normalization``).
 """
 from __future__ import annotations
@@ -88,13 +88,10 @@ def teacher_logits(ctx: Context, teacher: Variables, images):
     return jax.lax.stop_gradient(forward_eval(ctx, teacher, images))
 
 
-def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads, batch_stats,
-                    update_mask=None) -> TrainState:
-    """One optimiser step. ``update_mask`` (a params-shaped 0/1 tree) zeroes the *update*, so masked
-    weights stay bit-identical (weight decay and momentum included)."""
+def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads, batch_stats) -> TrainState:
+    """One optimiser step: ``params + tx.update(grads)``, the new BatchNorm statistics, ``step + 1``. Frozen
+    weights: wrap ``tx`` in :func:`jax_unlearn.engine.masks.masked` (the one update-mask mechanism)."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    if update_mask is not None:
-        updates = jax.tree_util.tree_map(lambda u, m: u * m.astype(u.dtype), updates, update_mask)
     return TrainState(optax.apply_updates(state.params, updates), batch_stats, opt_state, state.step + 1)
 
 
@@ -155,7 +152,8 @@ def run_steps(step, state, idx, mask, active=None):
 
 def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: bool = True,
                augment: bool = False):
-    """``epoch(state, key, data) -> (state, {'loss': mean loss})``: one pass over ``split`` in batches.
+    """``epoch(state, key, data, start=None) -> (state, {'loss': mean loss})``: one pass over ``split`` in
+    batches (the :class:`~jax_unlearn.engine.protocol.Method` ``epoch``; ``start`` is not used).
 
     Each call draws its own permutation from ``key`` (so each seed and epoch has its own order); the last
     partial batch is kept and masked. ``augment`` applies random-crop(4)+flip to the uint8 batch. The loss
@@ -163,7 +161,7 @@ def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: b
     """
     n = ctx.size(split)
 
-    def epoch(state, key, data: DeviceData):
+    def epoch(state, key, data: DeviceData, start=None):
         images, labels = data[split]
         k_perm, k_aug = jax.random.split(key)
         idx, mask = epoch_batches(k_perm if shuffle else None, n, batch_size)

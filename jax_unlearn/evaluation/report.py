@@ -47,6 +47,7 @@ from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.models import make_model
 from jax_unlearn.metrics import (cross_entropy_per_example, final_score, kit_mia, logit_scaled_confidence,
                                  per_example_epsilon, score_from_epsilons, small_n_note, svc_mia_efficacy)
+from jax_unlearn.metrics.summary import mean_std
 from jax_unlearn.jobs.folders import NonFiniteError, RunFolder, RunFolderError, diverged_seeds, write_json
 
 ACCURACIES = tuple(f"{split}_acc" for split in SPLITS)
@@ -224,15 +225,6 @@ def _number(x) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _mean_std(values) -> dict[str, float | int | None]:
-    """Mean and sample standard deviation (ddof=1; 0 for one value) of the non-nan values, and their count."""
-    v = np.asarray(values, np.float64)
-    v = v[~np.isnan(v)]
-    if v.size == 0:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
-
-
 def _per_example_points(eps: np.ndarray, n: int) -> np.ndarray:
     """Each example's points (its ε's bin value); their mean is F."""
     return np.array([score_from_epsilons(eps[i:i + 1], n) for i in range(len(eps))])
@@ -303,7 +295,7 @@ def evaluate(unlearned_dir: str | os.PathLike, data: UnlearningData, *,
     ``in_score`` then refer to the best setting, and ``per_model.csv`` gains the swept hyper-parameters.
     The folders are checked (sweep record, seeds per setting, reference) before any model is run.
     """
-    from jax_unlearn.evaluation import plots as report_plots
+    from jax_unlearn.evaluation import plots
 
     out_dir = Path(out_dir) if out_dir is not None else Path(unlearned_dir) / "evaluation"
     lanes = sweep_lanes(RunFolder(unlearned_dir))
@@ -334,15 +326,15 @@ def evaluate(unlearned_dir: str | os.PathLike, data: UnlearningData, *,
     for family, pop in pops.items():
         mia = mia_per_model(pop, data)
         report["families"][family] = {"path": pop["path"], "method": pop["method"], "n": len(pop["seed"]),
-                                      **{acc: _mean_std(pop[acc]) for acc in ACCURACIES},
-                                      **{name: _mean_std(v) for name, v in mia.items()}}
+                                      **{acc: mean_std(pop[acc]) for acc in ACCURACIES},
+                                      **{name: mean_std(v) for name, v in mia.items()}}
         frame = pd.DataFrame({"family": family, "method": pop["method"], "seed": pop["seed"],
                               **{acc: pop[acc] for acc in ACCURACIES}})
         for name, v in mia.items():
             frame[name] = np.concatenate([v, np.full(len(frame) - len(v), np.nan)])
         rows.append(frame)
     per_model = pd.concat(rows, ignore_index=True)
-    files = {"accuracy.png": lambda p: report_plots.accuracy_bars(report["families"], p)}
+    files = {"accuracy.png": lambda p: plots.accuracy_bars(report["families"], p)}
     u, r = pops["unlearned"], pops.get("retrained")
     if lanes is not None:
         report["sweep"], table, best = score_sweep(lanes, u, r)
@@ -365,10 +357,10 @@ def evaluate(unlearned_dir: str | os.PathLike, data: UnlearningData, *,
                 "index": np.arange(len(eps)), "id": ids, "label": data.forget.labels, "epsilon": eps,
                 "score": _per_example_points(eps, n), "unlearned_stat_mean": u["forget_stat"][:n].mean(0),
                 "retrained_stat_mean": r["forget_stat"][:n].mean(0)})
-            examples = report_plots.pick_examples(eps, plot_examples)
+            examples = plots.pick_examples(eps, plot_examples)
             files["per_example.csv"] = lambda p: _write_csv(p, per_example)
-            files["epsilon_hist.png"] = lambda p: report_plots.epsilon_histogram(eps, n, p)
-            files["example_distributions.png"] = lambda p: report_plots.example_distributions(
+            files["epsilon_hist.png"] = lambda p: plots.epsilon_histogram(eps, n, p)
+            files["example_distributions.png"] = lambda p: plots.example_distributions(
                 u["forget_stat"][:n], r["forget_stat"][:n], eps, examples, p, ids=ids)
     files["per_model.csv"] = lambda p: _write_csv(p, per_model)
     report["files"] = sorted([*files, "report.json"])

@@ -16,6 +16,7 @@ identical outputs; a different config in the same folder is refused rather than 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -46,19 +47,24 @@ def _first_line(error: BaseException) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)[:300]
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer, np.floating)):
+def json_default(o):
+    """``json.dumps``'s ``default``: NumPy scalars and arrays, paths and dataclasses as plain JSON."""
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON with sorted keys, atomically (temporary file + rename); the one JSON
+    writer of the library and the benchmarks (:func:`json_default` converts NumPy values)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=json_default)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 class RunFolder:
@@ -73,7 +79,7 @@ class RunFolder:
 
         Returns True when resuming. Raises :class:`RunFolderError` when the folder holds another run.
         """
-        canonical = json.loads(json.dumps(config, sort_keys=True, default=_json_default))
+        canonical = json.loads(json.dumps(config, sort_keys=True, default=json_default))
         cfg = self.path / "config.json"
         if cfg.exists():
             old = json.loads(cfg.read_text())
@@ -360,8 +366,3 @@ def export_pth(run: RunFolder, out_dir: str | os.PathLike, *, n: int | None = No
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def remove_chunks(run: RunFolder) -> None:
-    """Delete the per-chunk checkpoints (after export, to reclaim disk)."""
-    shutil.rmtree(run.path / "chunks", ignore_errors=True)

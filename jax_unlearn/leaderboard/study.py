@@ -45,7 +45,7 @@ from jax_unlearn.leaderboard.stats import MIN_BOOTSTRAP_N, CompileClock, bootstr
 from jax_unlearn.methods import METHODS, build_method
 from jax_unlearn.methods.registry import search_space
 from jax_unlearn.metrics import small_n_note
-from jax_unlearn.jobs.folders import RunFolder, RunFolderError, _json_default, write_json
+from jax_unlearn.jobs.folders import RunFolder, RunFolderError, json_default, write_json
 from jax_unlearn.evaluation.sweep import best_setting
 
 SEEDS = {"original": 10_000, "retrained": 3000, "score": 2000, "untuned": 2001}
@@ -273,7 +273,7 @@ def leaderboard(out: str | os.PathLike, data: UnlearningData, *, preset: str | P
                                     "data": {**data.description, "sizes": data.sizes(), "digests": data.digests()},
                                     "original": "given" if original is not None else "trained",
                                     "references": {k: str(v) for k, v in (references or {}).items()}},
-                                   default=_json_default))
+                                   default=json_default))
     if (out / "config.json").is_file() and json.loads((out / "config.json").read_text()) != config:
         old = json.loads((out / "config.json").read_text())
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))

@@ -56,7 +56,7 @@ def gradient_ascent(ctx: Context, *, epochs, batch_size, lr, momentum, weight_de
     def init(key, start_variables, data):
         return create_state(start_variables, tx)
 
-    def epoch(state, key, data):
+    def epoch(state, key, data, start):
         state, metrics = forget_pass(state, key, data)
         return state, {"loss": metrics["loss"], "forget_loss": -metrics["loss"]}
 

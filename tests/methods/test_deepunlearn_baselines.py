@@ -138,7 +138,7 @@ def test_float_hyper_parameters_may_be_traced_per_lane(setup, name):
 
     def one_epoch(key, hyper):
         method = build_method(name, ctx, **{**HYPER[name], **hyper})
-        return method.epoch(method.init(key, start, dd), key, dd)[1]
+        return method.epoch(method.init(key, start, dd), key, dd, start)[1]
 
     lanes = {k: jnp.full((2,), v, jnp.int32 if k == "epochs" else jnp.float64) for k, v in TRACED[name].items()}
     metrics = jax.eval_shape(jax.vmap(one_epoch), seed_keys(0, np.arange(2)), lanes)  # traces, never compiles

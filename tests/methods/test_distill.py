@@ -178,7 +178,7 @@ TRACED = {  # hyper-parameters a per-lane sweep passes as traced scalars
 def test_float_hyper_parameters_may_be_traced_per_lane(name, ctx, start, dev):
     def first_epoch(key, hyper):
         method = build_method(name, ctx, **{**HYPER[name], **hyper})
-        return method.epoch(method.init(key, start, dev), key, dev)[1]
+        return method.epoch(method.init(key, start, dev), key, dev, start)[1]
 
     lanes = {k: jnp.full((2,), v, jnp.int32 if k == "epochs" else jnp.float32) for k, v in TRACED[name].items()}
     metrics = jax.eval_shape(jax.vmap(first_epoch), seed_keys(0, np.arange(2)), lanes)  # traces, never compiles
@@ -384,8 +384,8 @@ def test_curriculum_roles_student_is_the_original_bad_teacher_is_impaired_then_r
     def replay(key):
         k_init, k_epochs = jax.random.split(key)  # make_run's key use
         s0 = method.init(k_init, start, dev)
-        s1 = method.epoch(s0, jax.random.fold_in(k_epochs, 0), dev)[0]
-        s2 = method.epoch(s1, jax.random.fold_in(k_epochs, 1), dev)[0]
+        s1 = method.epoch(s0, jax.random.fold_in(k_epochs, 0), dev, start)[0]
+        s2 = method.epoch(s1, jax.random.fold_in(k_epochs, 1), dev, start)[0]
         k_noise = jax.random.split(jax.random.fold_in(k_epochs, 0))[0]
         table, _ = noise.learn_noise(ctx, start, k_noise, shape, 4, hyper["noise_images"], hyper["noise_steps"],
                                      0.1, 0.1)

@@ -306,7 +306,7 @@ def test_amnesiacs_distils_on_the_validation_set_in_data_order(setup):
     ctx, start, data = setup
     method = build_method("amnesiacs", ctx, **{**CASES["amnesiacs"], "batch_size": 4})
     state = run_compiled(method.init, jax.random.key(3), start, data)
-    one_epoch = lambda key: method.epoch(state, key, data)[0].params  # noqa: E731
+    one_epoch = lambda key: method.epoch(state, key, data, start)[0].params  # noqa: E731
     a, b = (run_compiled(one_epoch, jax.random.key(k)) for k in (5, 6))
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     assert not np.array_equal(a["fc"]["kernel"], state.params["fc"]["kernel"])  # it trained

@@ -39,32 +39,35 @@ def amnesiacs(ctx, *, kd_epochs, kd_lr, retain_epochs, retain_lr, momentum, weig
     Ambiguities: the source's soft CE applies ``log_softmax`` to ``log_softmax(z/T)`` — idempotent, so it is
     ``softCE(z/T, ·)``; the KD phase's validation loader is deepunlearn's (the method's batch 64, *not*
     shuffled: ``munl/settings.py`` ``default_loaders``), so the KD pass walks the validation set in data
-    order every epoch. The
-    teacher is kept in the state (the method interface hands it to ``init`` only).
+    order every epoch. The teacher is ``epoch``'s ``start`` (the original model; never copied into the state).
     """
     tx_kd = torch_sgd(kd_lr, momentum, weight_decay)
     retain_steps = steps_per_epoch(ctx.size("retain"), batch_size)
     tx_retain = torch_sgd(cosine_annealing_per_epoch(retain_lr, retain_epochs, retain_steps), momentum, weight_decay)
     t = temperature
 
-    def kd_loss(state, logits, images, labels, mask):
-        return kl_divergence(logits, teacher_logits(ctx, state.extra, images), mask, t)
+    def kd_loss(teacher):
+        def loss(state, logits, images, labels, mask):
+            return kl_divergence(logits, teacher_logits(ctx, teacher, images), mask, t)
 
-    def retain_loss(state, logits, images, labels, mask):
-        target = teacher_logits(ctx, state.extra, images)
-        return (soft_cross_entropy(logits / t, jax.nn.softmax(target / t), mask) + cross_entropy(logits, labels, mask)
-                + kl_divergence(logits, target, mask, t))
+        return loss
 
-    distil = epoch_over(ctx, "validation", batch_size, loss_step(ctx, tx_kd, 0, kd_loss), shuffle=False)
-    retain = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx_retain, 1, retain_loss))
+    def retain_loss(teacher):
+        def loss(state, logits, images, labels, mask):
+            target = teacher_logits(ctx, teacher, images)
+            return (soft_cross_entropy(logits / t, jax.nn.softmax(target / t), mask)
+                    + cross_entropy(logits, labels, mask) + kl_divergence(logits, target, mask, t))
+
+        return loss
 
     def init(key, start_variables, data):
         k_conv, k_fc = jax.random.split(key)
         params = reset_linear(k_fc, reset_linear(k_conv, start_variables["params"], "conv1"), "fc")
-        return winner_state({**start_variables, "params": params}, (tx_kd.init(params), tx_retain.init(params)),
-                            extra=start_variables)
+        return winner_state({**start_variables, "params": params}, (tx_kd.init(params), tx_retain.init(params)))
 
-    def epoch(state, key, data):
+    def epoch(state, key, data, start):
+        distil = epoch_over(ctx, "validation", batch_size, loss_step(ctx, tx_kd, 0, kd_loss(start)), shuffle=False)
+        retain = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx_retain, 1, retain_loss(start)))
         state, metrics = jax.lax.cond(state.epoch < kd_epochs, distil, retain, state, key, data)
         return next_epoch(state), metrics
 

@@ -6,11 +6,12 @@ carries a copy:
 
 * :class:`WinnerState` — model, one optimiser state per optimiser the method uses, the number of engine
   epochs done (an unbatched ``int32`` under ``vmap``, so ``lax.cond`` on it stays a real branch), and a
-  method-specific ``extra`` (teacher variables, gradient scales, masks).
+  method-specific ``extra`` (per-seed gradient scales, masks; a frozen reference such as the original
+  model is never copied here: it is ``epoch``'s ``start``).
 * :func:`loss_step` (over :func:`jax_unlearn.engine.train.loss_and_grads`; :func:`ce_loss` the plain-CE
   loss) / :func:`optimizer_step` — one torch-SGD step of optimiser ``slot``, with an optional
   *gradient* scale (applied before weight decay, like a backward hook) and an optional *update* mask
-  (:func:`jax_unlearn.engine.train.apply_gradients`: masked weights stay bit-identical).
+  (:func:`jax_unlearn.engine.masks.masked`: masked weights stay bit-identical).
 * :func:`run_batches` — :func:`jax_unlearn.engine.train.run_steps` of a step over given batch indices of a
   split (a partial pass, or paired splits).
 * leaf selectors (:func:`kind_mask` over :func:`jax_unlearn.engine.masks.leaf_kinds`, :func:`leaf_mask` by
@@ -41,7 +42,7 @@ import optax
 
 from jax_unlearn.engine.batches import epoch_batches, steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy
-from jax_unlearn.engine.masks import leaf_kinds
+from jax_unlearn.engine.masks import leaf_kinds, masked
 from jax_unlearn.engine.train import Context, TrainState, apply_gradients, loss_and_grads, run_steps
 
 REF = "NeurIPS 2023 Machine Unlearning Challenge (Kaggle); port: xcadet/deepunlearn munl/unlearning/"
@@ -70,17 +71,18 @@ def optimizer_step(tx: optax.GradientTransformation, slot: int, state: WinnerSta
 
     ``grad_scale`` (params-shaped, leaves broadcastable) multiplies the gradient *before* the optimiser, so
     torch's L2 weight decay and momentum see the scaled gradient (a hook on ``weight.grad``);
-    ``update_mask`` zeroes the *update* (frozen weights stay bit-identical).
+    ``update_mask`` (params-shaped bools) zeroes the *update* with :func:`jax_unlearn.engine.masks.masked`
+    (frozen weights stay bit-identical).
     """
     if grad_scale is not None:
         grads = jax.tree_util.tree_map(lambda g, s: g * jnp.asarray(s, g.dtype), grads, grad_scale)
     train = TrainState(state.params, state.batch_stats, state.opt_states[slot], state.epoch)
-    train = apply_gradients(tx, train, grads, batch_stats, update_mask)
+    train = apply_gradients(tx if update_mask is None else masked(tx, update_mask), train, grads, batch_stats)
     opt_states = state.opt_states[:slot] + (train.opt_state,) + state.opt_states[slot + 1:]
     return state._replace(params=train.params, batch_stats=train.batch_stats, opt_states=opt_states)
 
 
-# loss_fn(state, logits, images, labels, mask) -> scalar; ``state`` gives access to extras (a teacher).
+# loss_fn(state, logits, images, labels, mask) -> scalar; a loss that needs a teacher closes over ``start``.
 WinnerLoss = Callable[[WinnerState, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 

@@ -90,7 +90,7 @@ def fanchuan(ctx, *, epochs, batch_size, forget_batch_size, kl_lr, forget_lr, et
         (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         return optimizer_step(tx_forget, 0, state, grads, batch_stats), loss
 
-    def epoch(state, key, data):
+    def epoch(state, key, data, start):
         k_forget, k_pair, k_retain = jax.random.split(key, 3)
         f_idx, f_mask = shuffled_batches(k_forget, n_f, forget_batch_size, pair_steps)
         r_idx, r_mask = shuffled_batches(k_pair, n_r, batch_size, pair_steps)

@@ -110,7 +110,7 @@ def kookmin(ctx, *, epochs, batch_size, lr, momentum, weight_decay, init_rate, k
         return winner_state({"params": params, "batch_stats": stats}, (tx.init(params),),
                             extra=jax.tree_util.tree_unflatten(treedef, scale))
 
-    def epoch(state, key, data):
+    def epoch(state, key, data, start):
         state, metrics = train(state, key, data)
         return next_epoch(state), metrics
 

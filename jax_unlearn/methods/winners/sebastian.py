@@ -73,9 +73,8 @@ def sebastian(ctx, *, epochs, batch_size, lr, momentum, weight_decay, prune_amou
     References: xcadet/deepunlearn ``kgltop4.py`` (``prune_model``, ``entropy_loss_fn``); Triantafillou et al.,
     arXiv:2406.09073.
 
-    Ambiguities: torch's pruning
-    ranks ties arbitrarily, we by position. The original model is kept in the state as the teacher (the
-    method interface hands it to ``init`` only); under ``vmap`` it stays unbatched.
+    Ambiguities: torch's pruning ranks ties arbitrarily, we by position. The teacher is ``epoch``'s
+    ``start`` (the original model; under ``vmap`` one unbatched copy).
     """
     n_r = ctx.size("retain")
     per_pass = steps_per_epoch(n_r, batch_size)
@@ -84,9 +83,9 @@ def sebastian(ctx, *, epochs, batch_size, lr, momentum, weight_decay, prune_amou
     num_classes = ctx.model.num_classes
     tx = torch_sgd(lr, momentum, weight_decay)
 
-    def make_step(weights):
+    def make_step(weights, teacher):
         def loss(state, logits, images, labels, mask):
-            target = teacher_logits(ctx, state.extra, images)
+            target = teacher_logits(ctx, teacher, images)
             entropy_mse = masked_mean((entropy(logits) - entropy(target)) ** 2, mask)
             return cross_entropy(logits, labels, mask, weights) + entropy_mse
 
@@ -94,11 +93,11 @@ def sebastian(ctx, *, epochs, batch_size, lr, momentum, weight_decay, prune_amou
 
     def init(key, start_variables, data):
         params = sebastian_prune(key, start_variables["params"], prune_amount)
-        return winner_state({**start_variables, "params": params}, (tx.init(params),), extra=start_variables)
+        return winner_state({**start_variables, "params": params}, (tx.init(params),))
 
-    def epoch(state, key, data):
+    def epoch(state, key, data, start):
         active = state.epoch * per_pass + jnp.arange(per_pass) < total
-        step = make_step(sebastian_class_weights(data["retain"][1], num_classes, weight_exponent))
+        step = make_step(sebastian_class_weights(data["retain"][1], num_classes, weight_exponent), start)
         state, mean_loss = run_batches(step, state, *data["retain"], *shuffled_batches(key, n_r, batch_size),
                                        active)
         rounded, last = half_round_trip(state), state.epoch == passes - 1

@@ -75,7 +75,7 @@ def seif(ctx, *, epochs, batch_size, lr, momentum, weight_decay, start_std, fina
         params = seif_noise(key, start_variables["params"], start_std, noise_scope)
         return winner_state({**start_variables, "params": params}, (tx.init(params),))
 
-    def epoch(state, key, data):
+    def epoch(state, key, data, start):
         k_train, k_noise = jax.random.split(key)
         weights = seif_class_weights(data["retain"][1], num_classes)
 

@@ -82,7 +82,7 @@ def sun(ctx, *, epochs, fine_epochs, reset_epochs, lr, fine_lrs, momentum, weigh
         extra = SunExtra(jnp.ones((len(bn),), bool), jnp.zeros((len(bn),), bool))
         return winner_state({**start_variables, "params": params}, (tx.init(params),), extra)
 
-    def epoch(state, key, data):
+    def epoch(state, key, data, start):
         k_select, k_pick, k_noise, k_train = jax.random.split(key, 4)
         is_bn = jnp.asarray(bn)
         chosen = jax.random.choice(k_select, jnp.asarray(candidates, jnp.int32), (n_select,), replace=False)
