@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def positive(value: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         n = int(value)
     except ValueError:
@@ -44,6 +45,7 @@ def class_ids(value: str) -> tuple[int, ...]:
 
 
 def fraction(value: str) -> float:
+    """argparse type: a float strictly between 0 and 1."""
     try:
         x = float(value)
     except ValueError:

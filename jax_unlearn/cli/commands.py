@@ -115,7 +115,7 @@ def select_device(device: str) -> str:
     runs the same command; lanes shard over all hosts' devices). Returns the platform."""
     import jax
 
-    from jax_unlearn.engine.run import init_distributed
+    from jax_unlearn.engine.hosts import init_distributed
 
     if device != "auto":
         jax.config.update("jax_platforms", "cuda" if device == "gpu" else "cpu")

@@ -6,6 +6,7 @@ import shlex
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    """The ``leaderboard`` sub-command's flags (the data flags are the other commands')."""
     from jax_unlearn.cli.commands import _data_args, _device_arg
     from jax_unlearn.leaderboard.presets import PRESETS
 

@@ -132,6 +132,7 @@ def classify(error: BaseException) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``jax-unlearn`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code (:data:`EXIT_CODES`)."""
     parser, runners = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("JAX_UNLEARN_DEBUG") == "1"

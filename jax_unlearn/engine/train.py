@@ -40,6 +40,7 @@ class Context:
 
 
 class TrainState(NamedTuple):
+    """One model being trained: params, BatchNorm statistics, the optimiser's state, steps taken (int32)."""
     params: Any
     batch_stats: Any
     opt_state: Any
@@ -47,11 +48,13 @@ class TrainState(NamedTuple):
 
 
 def create_state(variables: Variables, tx: optax.GradientTransformation) -> TrainState:
+    """A :class:`TrainState` at ``variables`` with ``tx``'s fresh optimiser state, step 0."""
     params = variables["params"]
     return TrainState(params, variables["batch_stats"], tx.init(params), jnp.zeros((), jnp.int32))
 
 
 def variables_of(state: TrainState) -> dict:
+    """The ``{'params', 'batch_stats'}`` a flax ``apply`` takes, from a :class:`TrainState`."""
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 
 from converters import atomic_write, flax_to_torch, save_torch_checkpoint
 from converters.resnet18 import nonfinite_keys
-from jax_unlearn.engine.run import is_primary
+from jax_unlearn.engine.hosts import is_primary
 
 
 class RunFolderError(ValueError):

@@ -26,6 +26,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "jax-unlearn")
 
 
 def versions() -> dict[str, str]:
+    """Python's and the key packages' versions, for the table's header."""
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -36,6 +37,7 @@ def versions() -> dict[str, str]:
 
 
 def device() -> str:
+    """The devices JAX runs on, e.g. ``1 × cpu (cpu)``."""
     import jax
 
     d = jax.devices()

@@ -118,6 +118,7 @@ def bad_teacher_pass(ctx: Context, tx, batch_size: int, temperature: float):
 # --- Bad Teacher ------------------------------------------------------------------------------------------
 
 class BadTeacherState(NamedTuple):
+    """Bad Teaching's per-seed state: the student, the random (incompetent) teacher, the retain subset."""
     student: TrainState
     incompetent: Any  # randomly initialised teacher, drawn from the seed key
     subset: jax.Array  # (k,) retain indices distilled from the competent teacher
@@ -173,6 +174,7 @@ def bad_teacher(ctx: Context, *, epochs: int, batch_size: int, lr: float, temper
 # --- SCRUB ------------------------------------------------------------------------------------------------
 
 class ScrubState(NamedTuple):
+    """SCRUB's per-seed state: the student and the SCRUB epochs done."""
     student: TrainState
     epoch: jax.Array  # int32, 0-based
 

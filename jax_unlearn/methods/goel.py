@@ -107,6 +107,7 @@ def step_decay_per_epoch(lr, epochs, decay_rate, steps_per_epoch_: int) -> optax
 
 
 class AnchoredState(NamedTuple):
+    """cf-k / eu-k per-seed state: the model being fine-tuned and the params the pull-back term anchors to."""
     train: TrainState
     anchor: Any  # the params fine-tuning starts from: per seed for eu-k (after its random re-init)
 

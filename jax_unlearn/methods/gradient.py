@@ -194,6 +194,7 @@ def neggrad_plus(ctx: Context, *, epochs, batch_size, forget_batch_size, lr, mom
 
 # ---------------------------------------------------------------------------------- random labels and SalUn
 class MaskedState(NamedTuple):
+    """A model trained under an update mask (SalUn's saliency mask; None: every weight trains)."""
     train: TrainState
     mask: Any  # params-shaped bool tree (True = may change), or None: every weight trains
 

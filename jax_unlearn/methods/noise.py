@@ -125,6 +125,7 @@ def mean_over_present(per_class, forget_labels):
 # --- UNSIR ------------------------------------------------------------------------------------------------
 
 class UnsirState(NamedTuple):
+    """UNSIR's per-seed state."""
     params: Any
     batch_stats: Any
     epoch: jax.Array  # int32: 0 = impair (with noise learning), 1 = repair
@@ -262,6 +263,7 @@ def curriculum_phases(ctx: Context, variables, data, noise_images: int, noise_ba
 
 
 class CurriculumState(NamedTuple):
+    """noise-student-curriculum's per-seed state (the phases are fixed per run, computed in ``init``)."""
     student: TrainState  # a copy of the original model, then distilled (the distillation Adam's state)
     teacher: Any  # the bad teacher: the original impaired (epoch 0), then repaired (epoch 1); the good
     # teacher is the original model itself, ``epoch``'s ``start``

@@ -35,6 +35,7 @@ def register(name: str, summary: str, reference: str, **defaults):
 
 
 def get_method(name: str) -> MethodInfo:
+    """The registry entry of ``name``; an unknown name fails listing the valid ones."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
     return METHODS[name]

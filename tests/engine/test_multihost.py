@@ -23,7 +23,7 @@ WORKER = textwrap.dedent("""
     import sys
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process CPU collectives
-    from jax_unlearn.engine.run import init_distributed
+    from jax_unlearn.engine.hosts import init_distributed
     multi = init_distributed()  # first, before any computation
     import numpy as np
     sys.path.insert(0, sys.argv[1])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jax
 
-from jax_unlearn.engine.run import init_distributed
+from jax_unlearn.engine.hosts import init_distributed
 
 SCRIPT = textwrap.dedent("""
     import json, sys

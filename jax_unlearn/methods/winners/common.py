@@ -49,6 +49,7 @@ REF = "NeurIPS 2023 Machine Unlearning Challenge (Kaggle); port: xcadet/deepunle
 
 
 class WinnerState(NamedTuple):
+    """A winner's per-seed state: the model, one optimiser state per optimiser, engine epochs done, extras."""
     params: Any
     batch_stats: Any
     opt_states: tuple
@@ -57,11 +58,13 @@ class WinnerState(NamedTuple):
 
 
 def winner_state(variables, opt_states: tuple, extra=None) -> WinnerState:
+    """A :class:`WinnerState` at ``variables`` with the given optimiser states, epoch 0."""
     return WinnerState(variables["params"], variables["batch_stats"], tuple(opt_states), jnp.zeros((), jnp.int32),
                        extra)
 
 
 def next_epoch(state: WinnerState) -> WinnerState:
+    """``state`` with its engine-epoch counter advanced by one."""
     return state._replace(epoch=state.epoch + 1)
 
 

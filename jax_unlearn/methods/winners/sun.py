@@ -21,6 +21,7 @@ from jax_unlearn.models import init_variables
 
 
 class SunExtra(NamedTuple):
+    """sun's per-seed extras: which tensors train this epoch, and which were ever trained."""
     trained: jax.Array  # (L,) bool: the tensors trained this epoch (params leaves in tree order)
     seen: jax.Array  # (L,) bool: the tensors trained in any earlier epoch (the source's ``already_select``)
 
