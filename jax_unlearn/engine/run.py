@@ -178,14 +178,15 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
 
 
 def _finite(variables, metrics, e, lane_epochs) -> jax.Array:
-    """The per-epoch ``finite`` flag: every weight and every float metric of the method (its loss) is
-    finite — one reduction per epoch, on device. A lane's masked epochs (past ``hyper['epochs']``) report a
-    nan loss by design; their weights are still checked."""
+    """The per-epoch ``finite`` flag: every weight and the method's ``loss`` metric (when it has one) are
+    finite — one reduction per epoch, on device. Other metrics may be nan by design and are not checked
+    (SCRUB's ``forget_kl`` in epochs without a max pass, UNSIR's and the curriculum's ``noise_loss`` outside
+    their noise phase). A lane's masked epochs (past ``hyper['epochs']``) report a nan loss by design;
+    their weights are still checked."""
     weights = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(variables)
                if jnp.issubdtype(x.dtype, jnp.floating)]
-    losses = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(metrics)
-              if jnp.issubdtype(x.dtype, jnp.floating)]
-    ok_losses = jnp.all(jnp.stack(losses)) if losses else jnp.bool_(True)
+    loss = metrics.get("loss")
+    ok_losses = jnp.all(jnp.isfinite(loss)) if loss is not None else jnp.bool_(True)
     if lane_epochs is not None:
         ok_losses = ok_losses | (e >= lane_epochs)
     return jnp.all(jnp.stack(weights)) & ok_losses

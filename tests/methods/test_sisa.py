@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.conftest import synthetic_split  # tests/ is on sys.path (tests/conftest.py)
+from tiny import synthetic_split  # tests/ is on sys.path (tests/conftest.py)
 from jax_unlearn.data.types import Normalization, UnlearningData
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
 from jax_unlearn.engine.losses import cross_entropy
