@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
 import resource
@@ -23,6 +22,10 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+# The library's JSON writer and per-model summary, so records and reports read alike.
+from jax_unlearn.jobs.folders import json_default as _json_default, write_json  # noqa: F401  (re-exported)
+from jax_unlearn.metrics.summary import mean_std  # noqa: F401  (re-exported)
 
 # --conv values: the library's table, shared with the CLI (importing it initialises no device).
 from jax_unlearn.models.factory import (CONV_CHOICES, CONV_LOWERINGS, conv_spec,  # noqa: F401  (re-exported)
@@ -222,28 +225,6 @@ def command_line(script: str, argv: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------- output
 
 
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, (np.integer, np.floating, np.bool_)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (NumPy scalars/arrays and paths converted)."""
-    from converters import atomic_write
-
-    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
-
-
 def fmt(value: Any, digits: int = 3) -> str:
     """A table cell: ints with thousands separators, floats to ``digits`` significant figures (big ones
     rounded to integers), None as an em dash."""
@@ -358,14 +339,6 @@ def synthetic_splits(seed: int, image_size: int = 32, num_classes: int = 10, **s
         x[..., 0] = (y * (255 // max(num_classes - 1, 1))).astype(np.uint8)[:, None, None]
         out[name] = (x, y)
     return out
-
-
-def mean_std(values: Iterable[float]) -> dict[str, float | int]:
-    """``{'mean', 'std' (sample, ddof=1; 0 for one value), 'n'}``."""
-    a = [float(v) for v in values]
-    if not a:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    return {"mean": statistics.fmean(a), "std": statistics.stdev(a) if len(a) > 1 else 0.0, "n": len(a)}
 
 
 def means_agree(a: Mapping[str, float], b: Mapping[str, float], floor: float) -> dict[str, Any]:

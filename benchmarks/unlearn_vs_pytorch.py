@@ -145,7 +145,7 @@ def _prepare(args, work: Path) -> dict:
         torch_to_flax(state, 10)  # validates every key and shape (strict)
         record["original"] = f"loaded {args.original}"
     elif args.original_epochs > 0:
-        from jax_unlearn.jobs import train_original
+        from jax_unlearn.jobs.populations import train_original
 
         data = UnlearningData(*(Split(*splits[s]) for s in SPLITS), num_classes=10, normalization=norm)
         elapsed = common.stopwatch()

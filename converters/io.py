@@ -201,6 +201,7 @@ def load_flax_variables(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def is_torch_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a PyTorch checkpoint (by suffix: ``.pth`` / ``.pt``)."""
     return Path(path).suffix in TORCH_SUFFIXES
 
 

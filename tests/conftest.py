@@ -41,3 +41,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """The shared tiny synthetic data set (:func:`tiny.tiny_data`)."""
+    from tiny import tiny_data as make
+
+    return make()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A small ResNet (stages (1, 1), width 4, 4 classes) that compiles in seconds."""
+    from tiny import TINY_MODEL
+
+    return TINY_MODEL

@@ -21,7 +21,7 @@ from jax_unlearn.data.cifar import CIFAR10_NORMALIZATION, load_cifar10
 from jax_unlearn.data.forget import ForgetSpec, select_forget, split_train
 from jax_unlearn.data.idx import (DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_NORMALIZATION, load_fashion_mnist,
                                   load_idx)
-from jax_unlearn.data.kaggle import KAGGLE_NORMALIZATION, load_class_counts, load_kaggle
+from jax_unlearn.data.kaggle_folder import KAGGLE_NORMALIZATION, load_class_counts, load_kaggle
 from jax_unlearn.data.splits import check_disjoint_ids, halve, subsample
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, Split, UnlearningData
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in one pass over ``n`` examples: ``ceil(n / batch_size)`` (the last may be partial)."""
     return math.ceil(n / batch_size)
 
 

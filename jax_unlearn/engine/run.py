@@ -1,6 +1,6 @@
 """A whole run as one pure function of ``(key, start_variables, data[, hyper])``, and N of them vmapped.
 
-``make_run`` turns a :class:`~jax_unlearn.methods.Method` — or a ``build(hyper) -> Method`` closure, for
+``make_run`` turns a :class:`~jax_unlearn.engine.protocol.Method` — or a ``build(hyper) -> Method`` closure, for
 per-lane hyper-parameter sweeps — into ``run(key, start_variables, data, hyper=None)``: ``lax.scan`` over
 epochs (each epoch a ``lax.scan`` over steps), per-epoch tracking computed on device. ``run_seeds`` applies
 ``jax.jit(jax.vmap(run))`` to chunks of K seed lanes — one compilation for all chunks — sharded over every
@@ -9,7 +9,7 @@ visible device along a ``seed`` mesh axis, and hands each finished chunk to a ca
 Keys: seed ``i`` uses ``fold_in(key(base_seed), i)``, so a seed's result does not depend on the chunk it
 ran in nor on how many devices ran it, and a resumed job recomputes exactly the chunks it lacks.
 
-Multi-host: call :func:`init_distributed` first in every process; ``jax.devices()`` then lists the devices
+Multi-host: call :func:`jax_unlearn.engine.hosts.init_distributed` first in every process; ``jax.devices()`` then lists the devices
 of all hosts and ``run_seeds`` shards each chunk's lanes over all of them (JAX's own multi-controller
 runtime, no scheduler of ours).
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -30,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax_unlearn.data.types import UnlearningData
 from jax_unlearn.engine.progress import EpochProgress
 from jax_unlearn.engine.train import Context, DeviceData, accuracy
-from jax_unlearn.methods.base import Method
+from jax_unlearn.engine.protocol import Method
 
 TRACK_SPLITS = ("retain", "forget", "validation")
 LANE_AXIS = "seed"  # the mesh axis the lanes (seeds, sweep settings) are sharded over
@@ -103,7 +102,7 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
     masks"): epochs ``e >= hyper['epochs']`` leave the state untouched (``lax.cond``; parameters, optimiser
     state and BatchNorm statistics bit-identical) and report a nan ``loss``, so such a lane computes
     exactly the first ``hyper['epochs']`` epochs of the ``num_epochs`` program — a true k-epoch run
-    whenever the method's schedule does not depend on the total (see :mod:`jax_unlearn.sweep` for
+    whenever the method's schedule does not depend on the total (see :mod:`jax_unlearn.jobs.sweep` for
     schedules that do). A fixed ``Method`` accepts only ``epochs`` per lane.
 
     Returns, per seed: ``variables``; ``metrics`` a dict of (num_epochs,) arrays — the method's own
@@ -144,13 +143,13 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
         def epoch_of(state, e):
             k = jax.random.fold_in(k_epochs, e)
             if lane_epochs is None:
-                return m.epoch(state, k, data)
+                return m.epoch(state, k, data, start_variables)
 
             def skip(state):
-                shapes = jax.eval_shape(m.epoch, state, k, data)[1]
+                shapes = jax.eval_shape(m.epoch, state, k, data, start_variables)[1]
                 return state, jax.tree_util.tree_map(lambda s: jnp.full(s.shape, _blank(s.dtype), s.dtype), shapes)
 
-            return jax.lax.cond(e < lane_epochs, lambda s: m.epoch(s, k, data), skip, state)
+            return jax.lax.cond(e < lane_epochs, lambda s: m.epoch(s, k, data, start_variables), skip, state)
 
         def one_epoch(state, e):
             state, metrics = epoch_of(state, e)
@@ -215,60 +214,6 @@ def default_chunk_size(n_seeds: int, per_lane_bytes: int = 600 * 2**20) -> int:
     else:
         k = 8
     return max(1, min(n_seeds, k))
-
-
-def init_distributed(env: Mapping[str, str] | None = None) -> bool:
-    """Join a multi-host job: ``jax.distributed.initialize()`` when the environment asks for it.
-
-    Call it first thing in every process (before any JAX computation). It initialises when
-    ``JAX_COORDINATOR_ADDRESS`` is set (with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, or the values
-    JAX detects from SLURM / Open MPI / Kubernetes / Cloud TPU), or when ``JAX_UNLEARN_DISTRIBUTED=1``
-    (everything auto-detected). Otherwise it does nothing. Returns whether this process is part of a
-    multi-process job. After it, ``jax.devices()`` lists all hosts' devices and :func:`run_seeds` shards
-    lanes over all of them; every process runs the same program (same seeds, same chunks).
-
-    Tested with two processes on one machine (tests/engine/test_multihost.py: coordination service on
-    loopback, gloo CPU collectives — the models equal a one-process run bit for bit); not on real GPU hosts.
-    """
-    env = os.environ if env is None else env
-    if getattr(jax.distributed, "is_initialized", lambda: False)():
-        return jax.process_count() > 1
-    if not env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_UNLEARN_DISTRIBUTED") != "1":
-        return False
-    kwargs = {}
-    if env.get("JAX_NUM_PROCESSES"):
-        kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
-    if env.get("JAX_PROCESS_ID"):
-        kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
-    jax.distributed.initialize(env.get("JAX_COORDINATOR_ADDRESS") or None, **kwargs)
-    return jax.process_count() > 1
-
-
-def is_primary() -> bool:
-    """Whether this process writes a job's files (process 0; always true in a single-process job)."""
-    return jax.process_index() == 0
-
-
-def sync_processes(name: str) -> None:
-    """A barrier across the processes of a multi-process job (a no-op in a single-process one)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def primary_answer(fn: Callable[..., bool]) -> Callable[..., bool]:
-    """``fn`` evaluated on process 0 and broadcast to all processes, so that every process takes the same
-    decision (e.g. which chunks a resumed job still has to run) even when their file systems differ."""
-    if jax.process_count() == 1:
-        return fn
-    from jax.experimental import multihost_utils
-
-    def agreed(*args):
-        mine = np.int32(bool(fn(*args))) if is_primary() else np.int32(0)
-        return bool(multihost_utils.broadcast_one_to_all(mine))
-
-    return agreed
 
 
 def _put(tree, sharding):
@@ -358,7 +303,7 @@ def run_seeds(run: Callable, n_seeds: int, base_seed: int, start_variables, data
     ``hyper``: per-seed hyper-parameters, a dict of (n_seeds,) arrays; seed ``i`` runs
     ``run(key_i, start, data, {k: v[i]})`` (``run`` from :func:`make_run` with a ``build`` closure).
 
-    Devices (``jax.devices()`` unless given; all hosts' after :func:`init_distributed`): each chunk's
+    Devices (``jax.devices()`` unless given; all hosts' after :func:`~jax_unlearn.engine.hosts.init_distributed`): each chunk's
     lanes are sharded over them (:func:`lane_runner`). The compiled program holds ``chunk_size`` rounded
     up to a multiple of the device count lanes; the extra lanes — and, in the last chunk, lanes past
     ``n_seeds`` — run padding seed ids whose results are dropped, so chunk ``c`` always holds seeds

@@ -1,6 +1,6 @@
 """One seed's training pieces: state, forward passes, one optimiser step, a scan of steps, one epoch over a split.
 
-Everything here is written for a single model; the engine vmaps it over seeds (``jax_unlearn.engine.seeds``).
+Everything here is written for a single model; the engine vmaps it over seeds (:mod:`jax_unlearn.engine.run`).
 Images arrive as uint8 on device and are normalised on the fly (``Context.normalization``).
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Context:
 
 
 class TrainState(NamedTuple):
+    """One model being trained: params, BatchNorm statistics, the optimiser's state, steps taken (int32)."""
     params: Any
     batch_stats: Any
     opt_state: Any
@@ -47,11 +48,13 @@ class TrainState(NamedTuple):
 
 
 def create_state(variables: Variables, tx: optax.GradientTransformation) -> TrainState:
+    """A :class:`TrainState` at ``variables`` with ``tx``'s fresh optimiser state, step 0."""
     params = variables["params"]
     return TrainState(params, variables["batch_stats"], tx.init(params), jnp.zeros((), jnp.int32))
 
 
 def variables_of(state: TrainState) -> dict:
+    """The ``{'params', 'batch_stats'}`` a flax ``apply`` takes, from a :class:`TrainState`."""
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
@@ -88,13 +91,10 @@ def teacher_logits(ctx: Context, teacher: Variables, images):
     return jax.lax.stop_gradient(forward_eval(ctx, teacher, images))
 
 
-def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads, batch_stats,
-                    update_mask=None) -> TrainState:
-    """One optimiser step. ``update_mask`` (a params-shaped 0/1 tree) zeroes the *update*, so masked
-    weights stay bit-identical (weight decay and momentum included)."""
+def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads, batch_stats) -> TrainState:
+    """One optimiser step: ``params + tx.update(grads)``, the new BatchNorm statistics, ``step + 1``. Frozen
+    weights: wrap ``tx`` in :func:`jax_unlearn.engine.masks.masked` (the one update-mask mechanism)."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    if update_mask is not None:
-        updates = jax.tree_util.tree_map(lambda u, m: u * m.astype(u.dtype), updates, update_mask)
     return TrainState(optax.apply_updates(state.params, updates), batch_stats, opt_state, state.step + 1)
 
 
@@ -155,7 +155,8 @@ def run_steps(step, state, idx, mask, active=None):
 
 def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: bool = True,
                augment: bool = False):
-    """``epoch(state, key, data) -> (state, {'loss': mean loss})``: one pass over ``split`` in batches.
+    """``epoch(state, key, data, start=None) -> (state, {'loss': mean loss})``: one pass over ``split`` in
+    batches (the :class:`~jax_unlearn.engine.protocol.Method` ``epoch``; ``start`` is not used).
 
     Each call draws its own permutation from ``key`` (so each seed and epoch has its own order); the last
     partial batch is kept and masked. ``augment`` applies random-crop(4)+flip to the uint8 batch. The loss
@@ -163,7 +164,7 @@ def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: b
     """
     n = ctx.size(split)
 
-    def epoch(state, key, data: DeviceData):
+    def epoch(state, key, data: DeviceData, start=None):
         images, labels = data[split]
         k_perm, k_aug = jax.random.split(key)
         idx, mask = epoch_batches(k_perm if shuffle else None, n, batch_size)

@@ -27,8 +27,8 @@ batch size is the method's ``batch_size`` unless the caller passes one (the forg
 ``forget_batch_size`` for methods that have one): in the notebooks the loader is the batch-size setting.
 
 Seeds and order: seed ``s`` uses key ``fold_in(key(0), s)`` — lane ``s`` of ``unlearning_many(base_seed=0)``
-and seed ``s`` of :func:`jax_unlearn.jobs.run_population` with ``base_seed=0``. The examples of each split
-are put in :func:`jax_unlearn.data.kaggle.canonical_order` (by a hash of image and label) before the run —
+and seed ``s`` of :func:`jax_unlearn.jobs.populations.run_population` with ``base_seed=0``. The examples of each split
+are put in :func:`jax_unlearn.data.kaggle_folder.canonical_order` (by a hash of image and label) before the run —
 the order ``jax-unlearn unlearn --dataset kaggle`` loads the competition folder in — so a result depends on
 the loader's *contents*, not on the order a shuffling loader yielded them in, and the drop-in and the CLI
 give the same model for the same seed; the method shuffles with its own key.
@@ -37,7 +37,7 @@ On a GPU shared with torch, start the notebook with ``XLA_PYTHON_CLIENT_PREALLOC
 ``XLA_PYTHON_CLIENT_MEM_FRACTION``) in the environment before JAX is imported: by default JAX reserves
 75% of the GPU's memory on first use, leaving torch little.
 """
-from jax_unlearn.data.kaggle import canonical_order
+from jax_unlearn.data.kaggle_folder import canonical_order
 from jax_unlearn.kaggle.dropin import clear_caches, unlearning, unlearning_many
 from jax_unlearn.kaggle.loaders import read_loader
 from jax_unlearn.kaggle.splits import splits_used

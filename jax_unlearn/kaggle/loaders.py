@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from jax_unlearn.data.kaggle import canonical_order
+from jax_unlearn.data.kaggle_folder import canonical_order
 
 IMAGE_KEY, LABEL_KEY = "image", "age_group"  # the Kaggle notebook's batch dict
 
@@ -100,7 +100,7 @@ def is_uint8_valued(images: np.ndarray) -> bool:
 
 
 def canonical(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, bytes]:
-    """The examples in :func:`~jax_unlearn.data.kaggle.canonical_order` and a digest of them in that order
+    """The examples in :func:`~jax_unlearn.data.kaggle_folder.canonical_order` and a digest of them in that order
     (equal digests: the same multiset of examples, in the same dtype and shape)."""
     order = canonical_order(images, labels)
     images, labels = np.ascontiguousarray(images[order]), labels[order]

@@ -1,6 +1,6 @@
 """Unlearning methods and training recipes: one registry (:data:`METHODS`), one factory per method."""
-from jax_unlearn.methods import distill, finetune, gradient, noise, winners_a, winners_b  # noqa: F401  (registers)
+from jax_unlearn.methods import distill, finetune, gradient, noise, winners  # noqa: F401  (registers)
 from jax_unlearn.methods import fisher, gradient_ascent, goel  # noqa: F401  (registers)
-from jax_unlearn.methods.base import METHODS, Method, MethodInfo, build_method, get_method, register
+from jax_unlearn.methods.registry import METHODS, Method, MethodInfo, build_method, get_method, register
 
 __all__ = ["METHODS", "Method", "MethodInfo", "build_method", "get_method", "register"]

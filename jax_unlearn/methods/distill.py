@@ -2,9 +2,9 @@
 
 Conventions shared by every method here (and by :mod:`jax_unlearn.methods.noise`):
 
-* The original model is the *competent teacher*. It arrives as ``start_variables`` and is carried in the
-  method state unchanged (the protocol's ``epoch`` gets no other way to see it); it is never part of an
-  optimiser state, and under the engine's ``vmap`` it stays one unbatched copy shared by all seeds.
+* The original model is the *competent teacher*: the ``start`` argument of every ``epoch`` (the frozen
+  start variables, :mod:`jax_unlearn.engine.protocol`), never part of a method's state or an optimiser
+  state; under the engine's ``vmap`` it is one unbatched copy shared by all seeds.
 * Students train in train mode (BatchNorm batch statistics, running statistics updated, padded rows
   masked out of both); teachers run in eval mode — as every reference does (``teacher.eval()``).
 * A *pool* is a static-size list of candidate examples, some of which may be invalid (e.g. noise for a
@@ -27,7 +27,8 @@ from jax_unlearn.engine.losses import cross_entropy, kl_divergence
 from jax_unlearn.engine.optim import torch_adam, torch_sgd
 from jax_unlearn.engine.train import (Context, TrainState, create_state, fold_eval_gradients, run_steps,
                                       supervised_step, teacher_logits, variables_of)
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 from jax_unlearn.models import init_variables
 
 
@@ -117,8 +118,8 @@ def bad_teacher_pass(ctx: Context, tx, batch_size: int, temperature: float):
 # --- Bad Teacher ------------------------------------------------------------------------------------------
 
 class BadTeacherState(NamedTuple):
+    """Bad Teaching's per-seed state: the student, the random (incompetent) teacher, the retain subset."""
     student: TrainState
-    competent: Any  # the original model (unchanged; unbatched under vmap)
     incompetent: Any  # randomly initialised teacher, drawn from the seed key
     subset: jax.Array  # (k,) retain indices distilled from the competent teacher
 
@@ -160,12 +161,11 @@ def bad_teacher(ctx: Context, *, epochs: int, batch_size: int, lr: float, temper
 
     def init(key, start_variables, data):
         k_teacher, k_subset = jax.random.split(key)
-        return BadTeacherState(create_state(start_variables, tx), start_variables,
-                               init_variables(ctx.model, k_teacher),
+        return BadTeacherState(create_state(start_variables, tx), init_variables(ctx.model, k_teacher),
                                retain_subset(k_subset, ctx.size("retain"), k))
 
-    def epoch(state: BadTeacherState, key, data):
-        student, loss = pass_(state.student, key, data, state.subset, state.competent, state.incompetent)
+    def epoch(state: BadTeacherState, key, data, start):
+        student, loss = pass_(state.student, key, data, state.subset, start, state.incompetent)
         return state._replace(student=student), {"loss": loss}
 
     return Method(init, epoch, lambda s: variables_of(s.student), epochs)
@@ -174,8 +174,8 @@ def bad_teacher(ctx: Context, *, epochs: int, batch_size: int, lr: float, temper
 # --- SCRUB ------------------------------------------------------------------------------------------------
 
 class ScrubState(NamedTuple):
+    """SCRUB's per-seed state: the student and the SCRUB epochs done."""
     student: TrainState
-    teacher: Any  # the original model (unchanged)
     epoch: jax.Array  # int32, 0-based
 
 
@@ -233,9 +233,9 @@ def scrub(ctx: Context, *, epochs: int, msteps: int, batch_size: int, forget_bat
         return run_pool(pool_step, student, jax.random.permutation(key, n).astype(jnp.int32), n, bs)
 
     def init(key, start_variables, data):
-        return ScrubState(create_state(start_variables, tx), start_variables, jnp.zeros((), jnp.int32))
+        return ScrubState(create_state(start_variables, tx), jnp.zeros((), jnp.int32))
 
-    def epoch(state: ScrubState, key, data):
+    def epoch(state: ScrubState, key, data, start):
         k_max, k_min = jax.random.split(key)
         e = state.epoch + 1
         rate = jnp.asarray(lr_decay_rate, jnp.float32) ** jnp.sum(e > decay_at).astype(jnp.float32)
@@ -245,13 +245,12 @@ def scrub(ctx: Context, *, epochs: int, msteps: int, batch_size: int, forget_bat
         student = state.student._replace(opt_state=opt._replace(hyperparams=hyper))
 
         def maximise(student):
-            student, neg_kl = split_pass(max_step, "forget", n_f, forget_batch_size, state.teacher, data, k_max,
-                                         student)
+            student, neg_kl = split_pass(max_step, "forget", n_f, forget_batch_size, start, data, k_max, student)
             return student, -neg_kl
 
         student, forget_kl = jax.lax.cond(e <= msteps, maximise, lambda s: (s, jnp.float32(jnp.nan)), student)
-        student, loss = split_pass(min_step, "retain", n_r, batch_size, state.teacher, data, k_min, student)
-        return ScrubState(student, state.teacher, e), {"loss": loss, "forget_kl": forget_kl}
+        student, loss = split_pass(min_step, "retain", n_r, batch_size, start, data, k_min, student)
+        return ScrubState(student, e), {"loss": loss, "forget_kl": forget_kl}
 
     return Method(init, epoch, lambda s: variables_of(s.student), epochs)
 
@@ -319,7 +318,7 @@ def ssd(ctx: Context, *, alpha: float, lam: float, batch_size: int) -> Method:
     def init(key, start_variables, data):
         return {"params": start_variables["params"], "batch_stats": start_variables["batch_stats"]}
 
-    def epoch(variables, key, data):
+    def epoch(variables, key, data, start):
         global_imp = importances(ctx, variables, *data["train"], batch_size)
         forget_imp = importances(ctx, variables, *data["forget"], batch_size)
         params, selected = dampen(variables["params"], global_imp, forget_imp, alpha, lam)

@@ -5,13 +5,13 @@ copies of a loop.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import cosine_annealing_per_epoch, make_optimizer
 from jax_unlearn.engine.train import Context, create_state, epoch_over, supervised_step, variables_of
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 from jax_unlearn.models import init_variables
 
 

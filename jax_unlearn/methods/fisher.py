@@ -15,7 +15,8 @@ from jax_unlearn.engine.batches import epoch_batches
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.masks import leaf_kinds
 from jax_unlearn.engine.train import Context, fold_eval_gradients, forward_eval
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 
 _PORT = "xcadet/deepunlearn munl/unlearning/"
 
@@ -118,7 +119,7 @@ def fisher(ctx: Context, *, alpha, batch_size: int, chunk_size: int) -> Method:
     def init(key, start_variables, data):
         return {"params": start_variables["params"], "batch_stats": start_variables["batch_stats"]}
 
-    def epoch(variables, key, data):
+    def epoch(variables, key, data, start):
         params = variables["params"]
         f = fisher_diagonal(ctx, variables, *data["retain"], batch_size, chunk_size)
         var = fisher_variance(params, f, alpha)
@@ -224,7 +225,7 @@ def influence(ctx: Context, *, alpha, batch_size: int, num_samples: int, chunk_s
     def init(key, start_variables, data):
         return {"params": start_variables["params"], "batch_stats": start_variables["batch_stats"]}
 
-    def epoch(variables, key, data):
+    def epoch(variables, key, data, start):
         params = variables["params"]
         flat, unravel = ravel_pytree(params)
         forget_sum = ravel_pytree(gradient_sum(ctx, variables, *data["forget"], batch_size))[0]

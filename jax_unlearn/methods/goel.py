@@ -18,7 +18,7 @@ only in arithmetic (the milestones); ``k`` and ``batch_size`` are structural.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +30,10 @@ from jax_unlearn.engine.batches import steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.masks import leaf_kinds, masked
 from jax_unlearn.engine.optim import make_optimizer
-from jax_unlearn.engine.train import Context, apply_gradients, create_state, epoch_over, forward_eval, variables_of
-from jax_unlearn.methods.base import Method, register
-from jax_unlearn.methods.gradient import AnchoredState
+from jax_unlearn.engine.train import (Context, TrainState, apply_gradients, create_state, epoch_over, forward_eval,
+                                      variables_of)
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 
 _STAGE = re.compile(r"layer(\d+)_\d+")
 _REF = "Goel et al. 2022 (arXiv 2201.06640); port: xcadet/deepunlearn munl/unlearning/"
@@ -103,6 +104,12 @@ def step_decay_per_epoch(lr, epochs, decay_rate, steps_per_epoch_: int) -> optax
         return lr * jnp.power(decay_rate, n)  # the default float dtype (float64 in float64 tests)
 
     return schedule
+
+
+class AnchoredState(NamedTuple):
+    """cf-k / eu-k per-seed state: the model being fine-tuned and the params the pull-back term anchors to."""
+    train: TrainState
+    anchor: Any  # the params fine-tuning starts from: per seed for eu-k (after its random re-init)
 
 
 def _last_k(ctx: Context, *, reinit: bool, epochs, batch_size, k, lr, lr_decay_rate, l2_to_start) -> Method:

@@ -26,7 +26,8 @@ from jax_unlearn.engine.masks import masked, top_fraction_mask
 from jax_unlearn.engine.optim import make_optimizer
 from jax_unlearn.engine.train import (Context, TrainState, apply_gradients, create_state, epoch_over,
                                       fold_eval_gradients, forward_eval, supervised_step, variables_of)
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 
 
 # --------------------------------------------------------------------------------------------- shared links
@@ -119,11 +120,6 @@ def l1_sparse(ctx: Context, *, epochs, batch_size, lr, momentum, weight_decay, a
 
 
 # ------------------------------------------------------------------------------------------------ neggrad+
-class AnchoredState(NamedTuple):
-    train: TrainState
-    anchor: Any  # the start params (for the pull-back penalty), or None when that penalty is off
-
-
 @register("neggrad+", "descend on retain batches while ascending on a cycled forget stream (α-weighted)",
           "Kurmanji et al., NeurIPS 2023, 'Towards Unbounded Machine Unlearning' / meghdadk/SCRUB",
           epochs=10, batch_size=128, forget_batch_size=64, lr=0.01, momentum=0.0, alpha=0.95, l2_to_start=5e-4)
@@ -168,35 +164,37 @@ def neggrad_plus(ctx: Context, *, epochs, batch_size, forget_batch_size, lr, mom
                                            zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(anchor)))
         return alpha * (retain_ce + pull) - (1 - alpha) * forget_ce, (retain_ce, forget_ce)
 
-    def init(key, start_variables, data):
-        anchor = None if isinstance(l2_to_start, (int, float)) and l2_to_start == 0 else start_variables["params"]
-        return AnchoredState(create_state(start_variables, tx), anchor)
+    pull_back = not (isinstance(l2_to_start, (int, float)) and l2_to_start == 0)  # static: a traced one pulls
 
-    def epoch(state: AnchoredState, key, data):
+    def init(key, start_variables, data):
+        return create_state(start_variables, tx)
+
+    def epoch(state: TrainState, key, data, start):
+        anchor = start["params"] if pull_back else None
         (ri, rl), (fi, fl) = data["retain"], data["forget"]
         k_r, k_f = jax.random.split(key)
         r_idx, r_mask = epoch_batches(k_r, n_r, batch_size)
         f_idx, f_mask = epoch_batches(k_f, n_f, forget_batch_size)
         f_idx, f_mask = f_idx[cycle], f_mask[cycle]
 
-        def body(state: AnchoredState, inp):
+        def body(train: TrainState, inp):
             bi, bm, fbi, fbm = inp
-            train = state.train
             (loss, (retain_ce, forget_ce)), grads = jax.value_and_grad(objective, has_aux=True)(
-                train.params, state.anchor, train.batch_stats, ri[bi], rl[bi], bm, fi[fbi], fl[fbi], fbm)
+                train.params, anchor, train.batch_stats, ri[bi], rl[bi], bm, fi[fbi], fl[fbi], fbm)
             train = apply_gradients(tx, train, grads, train.batch_stats)
-            return state._replace(train=train), (loss, retain_ce, forget_ce, jnp.sum(bm), jnp.sum(fbm))
+            return train, (loss, retain_ce, forget_ce, jnp.sum(bm), jnp.sum(fbm))
 
         state, (loss, retain_ce, forget_ce, nr, nf) = jax.lax.scan(body, state, (r_idx, r_mask, f_idx, f_mask))
         return state, {"loss": jnp.sum(loss * nr) / jnp.sum(nr),
                        "retain_loss": jnp.sum(retain_ce * nr) / jnp.sum(nr),
                        "forget_loss": jnp.sum(forget_ce * nf) / jnp.sum(nf)}
 
-    return Method(init, epoch, lambda s: variables_of(s.train), epochs)
+    return Method(init, epoch, variables_of, epochs)
 
 
 # ---------------------------------------------------------------------------------- random labels and SalUn
 class MaskedState(NamedTuple):
+    """A model trained under an update mask (SalUn's saliency mask; None: every weight trains)."""
     train: TrainState
     mask: Any  # params-shaped bool tree (True = may change), or None: every weight trains
 
@@ -223,7 +221,7 @@ def _random_label_method(ctx: Context, *, epochs, batch_size, lr, momentum, weig
             mask = top_fraction_mask(forget_saliency(ctx, start_variables, images, labels, batch_size), fraction)
         return MaskedState(create_state(start_variables, tx), mask)
 
-    def epoch(state: MaskedState, key, data):
+    def epoch(state: MaskedState, key, data, start):
         k_label, k_forget, k_retain = jax.random.split(key, 3)
         images, labels = data["forget"]
         random_labels = jax.random.randint(k_label, labels.shape, 0, num_classes, labels.dtype)

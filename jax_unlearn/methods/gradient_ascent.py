@@ -9,7 +9,8 @@ from __future__ import annotations
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import make_optimizer
 from jax_unlearn.engine.train import Context, create_state, epoch_over, supervised_step, variables_of
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 
 REFERENCE = ("Thudi et al., EuroS&P 2022 / Jia et al., NeurIPS 2023; port: OPTML-Group/Unlearn-Sparse "
              "unlearn/GA.py (README GA command) via xcadet/deepunlearn munl/unlearning/gradient_ascent.py")
@@ -55,7 +56,7 @@ def gradient_ascent(ctx: Context, *, epochs, batch_size, lr, momentum, weight_de
     def init(key, start_variables, data):
         return create_state(start_variables, tx)
 
-    def epoch(state, key, data):
+    def epoch(state, key, data, start):
         state, metrics = forget_pass(state, key, data)
         return state, {"loss": metrics["loss"], "forget_loss": -metrics["loss"]}
 

@@ -20,7 +20,8 @@ from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import torch_adam
 from jax_unlearn.engine.train import (Context, TrainState, apply_eval, create_state, normalize, predict,
                                       supervised_step, variables_of)
-from jax_unlearn.methods.base import Method, register
+from jax_unlearn.engine.protocol import Method
+from jax_unlearn.methods.registry import register
 from jax_unlearn.methods.distill import bad_teacher_pass, retain_subset, run_pool, subset_size, valid_first
 
 
@@ -124,6 +125,7 @@ def mean_over_present(per_class, forget_labels):
 # --- UNSIR ------------------------------------------------------------------------------------------------
 
 class UnsirState(NamedTuple):
+    """UNSIR's per-seed state."""
     params: Any
     batch_stats: Any
     epoch: jax.Array  # int32: 0 = impair (with noise learning), 1 = repair
@@ -185,7 +187,7 @@ def unsir(ctx: Context, *, batch_size: int, noise_images: int, noise_steps: int,
     def init(key, start_variables, data):
         return UnsirState(start_variables["params"], start_variables["batch_stats"], jnp.zeros((), jnp.int32))
 
-    def epoch(state: UnsirState, key, data):
+    def epoch(state: UnsirState, key, data, start):
         k_noise, k_order = jax.random.split(key)
         (images, labels), forget_labels = data["retain"], data["forget"][1]
         valid_r = retain_valid(labels, num_classes, retain_per_class)
@@ -261,9 +263,10 @@ def curriculum_phases(ctx: Context, variables, data, noise_images: int, noise_ba
 
 
 class CurriculumState(NamedTuple):
+    """noise-student-curriculum's per-seed state (the phases are fixed per run, computed in ``init``)."""
     student: TrainState  # a copy of the original model, then distilled (the distillation Adam's state)
-    original: Any  # competent teacher (unchanged)
-    teacher: Any  # the bad teacher: the original impaired (epoch 0), then repaired (epoch 1)
+    teacher: Any  # the bad teacher: the original impaired (epoch 0), then repaired (epoch 1); the good
+    # teacher is the original model itself, ``epoch``'s ``start``
     subset: jax.Array  # (k,) retain indices for distillation
     phases: Phases
     epoch: jax.Array  # int32: 0 impair, 1 repair, >= 2 distillation
@@ -339,18 +342,18 @@ def noise_student_curriculum(ctx: Context, *, batch_size: int, noise_images: int
 
     def init(key, start_variables, data):
         phases = curriculum_phases(ctx, start_variables, data, noise_images, noise_batches)
-        return CurriculumState(create_state(start_variables, distill_tx), start_variables, start_variables,
+        return CurriculumState(create_state(start_variables, distill_tx), start_variables,
                                retain_subset(key, ctx.size("retain"), k), phases, jnp.zeros((), jnp.int32))
 
-    def epoch(state: CurriculumState, key, data):
+    def epoch(state: CurriculumState, key, data, start):
         k_noise, k_distill = jax.random.split(key)
         shape = data["retain"][0].shape[1:]
         nan = jnp.float32(jnp.nan)
 
         def impair(s):
-            noise, objective = learn_noise(ctx, s.original, k_noise, shape, num_classes, noise_images, noise_steps,
+            noise, objective = learn_noise(ctx, start, k_noise, shape, num_classes, noise_images, noise_steps,
                                            noise_lr, noise_reg)
-            teacher, loss = impair_pass(s.original, data, noise, s.phases.impair, s.phases.n_impair)
+            teacher, loss = impair_pass(start, data, noise, s.phases.impair, s.phases.n_impair)
             return s._replace(teacher=variables_of(teacher)), loss, mean_over_present(objective, data["forget"][1])
 
         def repair(s):
@@ -359,7 +362,7 @@ def noise_student_curriculum(ctx: Context, *, batch_size: int, noise_images: int
             return s._replace(teacher=variables_of(teacher)), loss, nan
 
         def distill(s):
-            student, loss = distill_pass(s.student, k_distill, data, s.subset, s.original, s.teacher)
+            student, loss = distill_pass(s.student, k_distill, data, s.subset, start, s.teacher)
             return s._replace(student=student), loss, nan
 
         new, loss, noise_loss = jax.lax.switch(jnp.minimum(state.epoch, 2), (impair, repair, distill), state)

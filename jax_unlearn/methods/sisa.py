@@ -48,7 +48,7 @@ Ambiguities and choices:
   * Cost: inside ``unlearn``'s one compiled program all S shards are computed and the unaffected ones'
     results are discarded (``jnp.where``; their parameters stay bit-identical); it reports the saving SISA
     promises (shards and examples retrained, as fractions). ``train_shards`` computes only the affected
-    shards, so the ``jax-unlearn sisa`` job (:mod:`jax_unlearn.sisa_job`) realises and times the saving.
+    shards, so the ``jax-unlearn sisa`` job (:mod:`jax_unlearn.jobs.sisa`) realises and times the saving.
     With a random forget set and a random partition nearly every shard is hit, which is SISA's known
     weakness for such requests.
 """
@@ -153,7 +153,7 @@ def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int
     * ``forget(shards) -> (kept, report)``: the bookkeeping half of ``unlearn`` (no training).
     * ``train_shards(key, shards, data, rows) -> (models, metrics)``: only the shards ``rows`` (host
       ints), each exactly as ``train`` trains it; ``unlearn`` without computing the unaffected shards
-      (``jax_unlearn.sisa_job`` uses it, so its wall-time saving is real).
+      (``jax_unlearn.jobs.sisa`` uses it, so its wall-time saving is real).
     """
     check_hyper({"epochs": epochs, "batch_size": batch_size, "schedule": schedule, "shuffle": shuffle})
     n, n_retain = ctx.size("train"), ctx.size("retain")

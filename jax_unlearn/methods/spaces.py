@@ -5,12 +5,12 @@ log-scale, about a decade either side of the registered default — plus, where 
 ``epochs`` as a traced per-lane value, the epoch options. Structural hyper-parameters (batch sizes,
 optimiser, layer counts) are not tuned: they shape the compiled program, and one program runs a whole
 round of settings as lanes. Hyper-parameters not named keep their registered defaults
-(``jax-unlearn methods``). :func:`jax_unlearn.methods.base.search_space` checks every name against the
+(``jax-unlearn methods``). :func:`jax_unlearn.methods.registry.search_space` checks every name against the
 method's defaults; ``tests/methods/test_spaces.py`` checks every method has an entry that traces per lane.
 """
 from __future__ import annotations
 
-from jax_unlearn.methods.base import Range, SearchSpace
+from jax_unlearn.methods.registry import Range, SearchSpace
 
 LR = Range  # readability: Range(low, high, log=True) is how every learning rate is declared
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from jax_unlearn.data import DataError, Normalization, load_class_counts, load_kaggle
-from jax_unlearn.data.kaggle import canonical_order
+from jax_unlearn.data.kaggle_folder import canonical_order
 
 from mini_datasets import KAGGLE_PERSONS
 

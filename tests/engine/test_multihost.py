@@ -17,19 +17,19 @@ import jax
 import numpy as np
 import pandas as pd
 
-from jax_unlearn.runs import RunFolder
+from jax_unlearn.jobs.folders import RunFolder
 
 WORKER = textwrap.dedent("""
     import sys
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process CPU collectives
-    from jax_unlearn.engine.run import init_distributed
+    from jax_unlearn.engine.hosts import init_distributed
     multi = init_distributed()  # first, before any computation
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from conftest import synthetic_split
+    from tiny import synthetic_split
     from jax_unlearn.data.types import Normalization, UnlearningData
-    from jax_unlearn.jobs import run_population
+    from jax_unlearn.jobs.populations import run_population
     from jax_unlearn.models import ResNet, init_variables
 
     rng = np.random.default_rng(0)
@@ -59,7 +59,7 @@ def _launch(tmp_path: Path, out: Path, n_processes: int, devices_each: int) -> l
     env["JAX_PLATFORMS"] = "cpu"
     if n_processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES=str(n_processes))
-    engine_tests = str(Path(__file__).parent)
+    engine_tests = str(Path(__file__).parents[1])  # tests/: the shared tiny.py
     procs = [subprocess.Popen([sys.executable, str(script), engine_tests, str(out)], env={
         **env, **({"JAX_PROCESS_ID": str(i)} if n_processes > 1 else {})}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for i in range(n_processes)]

@@ -9,7 +9,8 @@ from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.methods import build_method
 from jax_unlearn.metrics.competition import final_score, forgetting_quality
 from jax_unlearn.models import init_variables
-from jax_unlearn.sweep import best_setting, expand_grid, plan_sweep, repeat_settings, split_hyper
+from jax_unlearn.evaluation.sweep import best_setting
+from jax_unlearn.jobs.sweep import expand_grid, plan_sweep, repeat_settings, split_hyper
 from trees import lane, max_rel  # tests/ is on sys.path (tests/conftest.py)
 
 BASE = {"batch_size": 32, "lr": 0.05}

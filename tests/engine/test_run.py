@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
-from jax_unlearn.jobs import run_population
+from jax_unlearn.jobs.populations import run_population
 from jax_unlearn.methods import build_method
 from jax_unlearn.models import init_variables
-from jax_unlearn.runs import RunFolder, RunFolderError, export_pth
+from jax_unlearn.jobs.folders import RunFolderError, export_pth
 from trees import max_rel  # tests/ is on sys.path (tests/conftest.py)
 
 HYPER = {"epochs": 2, "batch_size": 16, "lr": 0.05}
@@ -68,7 +68,7 @@ def test_population_chunks_resume_and_export(tmp_path, tiny_data, tiny_model, st
     chunked = run_population(tmp_path / "chunked", "finetune", tiny_data, chunk_size=2, **kw)
 
     # Kill after the first chunk, restart with the same command: identical outputs.
-    import jax_unlearn.runs as runs
+    import jax_unlearn.jobs.folders as runs
 
     calls = {"n": 0}
     real_save = runs.RunFolder.save_chunk

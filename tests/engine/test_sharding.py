@@ -18,18 +18,18 @@ from pathlib import Path
 
 import jax
 
-from jax_unlearn.engine.run import init_distributed
+from jax_unlearn.engine.hosts import init_distributed
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, sys.argv[1])
-    from conftest import synthetic_split
+    from tiny import synthetic_split
     import jax_unlearn.engine.run as engine
     from jax_unlearn.data.types import Normalization, UnlearningData
     from jax_unlearn.models import ResNet, init_variables
-    from jax_unlearn.sweep import plan_sweep
+    from jax_unlearn.jobs.sweep import plan_sweep
 
     rng = np.random.default_rng(0)
     data = UnlearningData(retain=synthetic_split(rng, 45), forget=synthetic_split(rng, 10),
@@ -69,7 +69,7 @@ SCRIPT = textwrap.dedent("""
 def test_four_devices_give_the_same_models_as_one():
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(Path(__file__).parent)], cwd=root, env=env,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(Path(__file__).parents[1])], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

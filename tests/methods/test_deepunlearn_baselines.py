@@ -1,8 +1,7 @@
 """The five DeepUnlearn baselines: gradient-ascent, cf-k, eu-k, fisher, influence.
 
-Every method: vmapped over 2 seeds, finite metrics, seeds differ (influence has no randomness: all seeds
-equal), lane i == seed i run alone; float hyper-parameters may be traced per lane; defaults pinned to the
-sources. Then each one's defining behaviour, checked against brute force in float64 on a tiny model.
+Float hyper-parameters may be traced per lane; defaults pinned to the sources (the contract every method
+keeps — seeds, lanes, finiteness — is tests/methods/test_contract.py). Then each one's defining behaviour, checked against brute force in float64 on a tiny model.
 """
 import functools
 
@@ -102,27 +101,6 @@ def forget_ce(ctx, dd, variables):
     return float(cross_entropy(forward_eval(ctx, variables, dd["forget"][0]), dd["forget"][1]))
 
 
-# ------------------------------------------------------------------------------------------ every method
-@pytest.mark.parametrize("name", NAMES)
-def test_vmapped_seeds_finite_differ_and_equal_their_single_runs(setup, runs, name):
-    ctx, dd, start = setup
-    (many, metrics), singles = runs(name)
-    epochs = build_method(name, ctx, **HYPER[name]).num_epochs
-    assert metrics and all(np.shape(m) == (2, epochs) and np.all(np.isfinite(m)) for m in metrics.values())
-    origin = flat(start)
-    for i, (one, one_metrics) in enumerate(singles):
-        moved = np.linalg.norm(flat(one) - origin)
-        assert moved > 0
-        assert np.linalg.norm(flat(lane(many, i)) - flat(one)) <= TOL * moved
-        for k in one_metrics:
-            np.testing.assert_allclose(one_metrics[k], metrics[k][i], rtol=1e-9)
-    a, b = flat(lane(many, 0)), flat(lane(many, 1))
-    if name == "influence":  # no randomness: every seed is the same model
-        np.testing.assert_array_equal(a, b)
-    else:
-        assert np.linalg.norm(a - b) > 1e-3 * np.linalg.norm(a - origin)
-
-
 TRACED = {  # float hyper-parameters a per-lane sweep passes as traced scalars (and cf-k/eu-k's epochs)
     "gradient-ascent": dict(lr=0.05, momentum=0.9, weight_decay=5e-4),
     "cf-k": dict(lr=0.05, lr_decay_rate=0.1, l2_to_start=0.1, epochs=3),
@@ -138,7 +116,7 @@ def test_float_hyper_parameters_may_be_traced_per_lane(setup, name):
 
     def one_epoch(key, hyper):
         method = build_method(name, ctx, **{**HYPER[name], **hyper})
-        return method.epoch(method.init(key, start, dd), key, dd)[1]
+        return method.epoch(method.init(key, start, dd), key, dd, start)[1]
 
     lanes = {k: jnp.full((2,), v, jnp.int32 if k == "epochs" else jnp.float64) for k, v in TRACED[name].items()}
     metrics = jax.eval_shape(jax.vmap(one_epoch), seed_keys(0, np.arange(2)), lanes)  # traces, never compiles

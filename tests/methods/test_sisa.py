@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.conftest import synthetic_split  # tests/ is on sys.path (tests/conftest.py)
+from tiny import synthetic_split  # tests/ is on sys.path (tests/conftest.py)
 from jax_unlearn.data.types import Normalization, UnlearningData
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
 from jax_unlearn.engine.losses import cross_entropy
@@ -18,8 +18,8 @@ from jax_unlearn.engine.train import Context, create_state, predict, supervised_
 from jax_unlearn.methods.finetune import supervised
 from jax_unlearn.methods.sisa import DEFAULTS, Shards, aggregate_log_probs, aggregate_probs, make_sisa_run, sisa
 from jax_unlearn.models import ResNet, init_variables
-from jax_unlearn.runs import RunFolder, RunFolderError
-from jax_unlearn.sisa_job import run_sisa
+from jax_unlearn.jobs.folders import RunFolder, RunFolderError
+from jax_unlearn.jobs.sisa import run_sisa
 from trees import lane, max_rel  # tests/ is on sys.path (tests/conftest.py)
 
 # XLA's CPU compile time dominates; unoptimised code is fine for a tiny model (both sides of every
@@ -207,7 +207,7 @@ def test_unknown_hyper_parameter_fails_by_name(setup):
         make_sisa_run(setup[0], slices=2)
 
 
-# -- the SISA job (jax_unlearn.sisa_job): a run folder, only the affected shards retrained -------------------
+# -- the SISA job (jax_unlearn.jobs.sisa): a run folder, only the affected shards retrained -------------------
 JOB_HYPER = dict(epochs=2, batch_size=4, lr=0.05, momentum=0.9)
 JOB_SEED, JOB_SHARDS, JOB_RETAIN = 3, 6, 45
 

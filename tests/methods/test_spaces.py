@@ -9,10 +9,10 @@ import pytest
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.methods import METHODS
-from jax_unlearn.methods.base import Range, SearchSpace, search_space
+from jax_unlearn.methods.registry import Range, SearchSpace, search_space
 from jax_unlearn.methods.spaces import SPACES
 from jax_unlearn.models import ResNet, init_variables
-from jax_unlearn.sweep import plan_settings
+from jax_unlearn.jobs.sweep import plan_settings
 
 
 def test_every_registered_method_declares_a_space_and_only_registered_ones():

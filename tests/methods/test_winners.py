@@ -1,8 +1,8 @@
-"""NeurIPS 2023 winners: each method's defining behaviour, and for all of them: vmapped over two seeds,
-seeds differ, lane i == seed i alone.
+"""NeurIPS 2023 winners: each method's defining behaviour (the contract every method keeps — seeds, lanes,
+finiteness — is tests/methods/test_contract.py).
 
-Compilation dominates (a few seconds of CPU per program), so every method is compiled twice (vmapped and
-single) and the defining checks reuse those runs (per-epoch snapshots) wherever they can.
+Compilation dominates (a few seconds of CPU per program), so the defining checks reuse one vmapped run per
+method (per-epoch snapshots) wherever they can.
 """
 import math
 
@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jax_unlearn.methods.winners_a as wa
-import jax_unlearn.methods.winners_b  # noqa: F401  (registers toshi-conv-transpose, amnesiacs, sun)
+from jax_unlearn.methods.winners.fanchuan import fanchuan_contrastive_loss
+from jax_unlearn.methods.winners.sebastian import sebastian_class_weights
+from jax_unlearn.methods.winners.seif import seif_class_weights, seif_noise
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
 from jax_unlearn.methods import METHODS, build_method
@@ -103,24 +104,6 @@ def test_registered_with_the_references_defaults():
         assert {k: info.defaults[k] for k in expected} == expected, name
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_vmapped_seeds_differ_and_equal_single_runs(setup, name):
-    ctx, start, data = setup
-    run, (variables, metrics, snaps) = vmapped(setup, name)
-    epochs = build_method(name, ctx, **CASES[name]).num_epochs
-    assert all(m.shape == (2, epochs) and np.all(np.isfinite(m)) for m in metrics.values())
-    assert jax.tree_util.tree_leaves(snaps)[0].shape[:2] == (2, epochs)
-    a, b = (variables["params"]["fc"]["kernel"][i] for i in (0, 1))
-    assert not np.allclose(a, b)  # different seeds, different models
-    one_vars, one_metrics, _ = run_compiled(run, KEYS[1], start, data)
-    lane = jax.tree_util.tree_map(lambda x: x[1], variables)
-    # float32: vmapped convs sum in another order; measured ~1e-6 (tests/engine/test_run.py).
-    assert max_rel(one_vars["params"], lane["params"]) <= 1e-5
-    assert max_rel(one_vars["batch_stats"], lane["batch_stats"]) <= 1e-5
-    for k in metrics:
-        np.testing.assert_allclose(one_metrics[k], metrics[k][1], rtol=1e-5, atol=1e-6)
-
-
 # ---- fanchuan --------------------------------------------------------------------------------------------
 
 def test_fanchuan_contrastive_loss_matches_brute_force():
@@ -136,10 +119,10 @@ def test_fanchuan_contrastive_loss_matches_brute_force():
                 total, count = total - (v - lse), count + 1
         return total / count
 
-    np.testing.assert_allclose(wa.fanchuan_contrastive_loss(zf, zr, 1.15), brute(zf, zr), rtol=1e-5)
+    np.testing.assert_allclose(fanchuan_contrastive_loss(zf, zr, 1.15), brute(zf, zr), rtol=1e-5)
     fm, rm = np.array([1, 1, 0, 1, 0], bool), np.array([1, 0, 1, 1, 1, 0, 1], bool)
-    np.testing.assert_allclose(wa.fanchuan_contrastive_loss(zf, zr, 1.15, fm, rm), brute(zf[fm], zr[rm]), rtol=1e-5)
-    grad = jax.grad(lambda f: wa.fanchuan_contrastive_loss(f, zr, 1.15, fm, rm))(zf)
+    np.testing.assert_allclose(fanchuan_contrastive_loss(zf, zr, 1.15, fm, rm), brute(zf[fm], zr[rm]), rtol=1e-5)
+    grad = jax.grad(lambda f: fanchuan_contrastive_loss(f, zr, 1.15, fm, rm))(zf)
     assert np.all(np.asarray(grad)[~fm] == 0)  # padded forget rows do not count
 
 
@@ -169,7 +152,7 @@ def test_kookmin_reinitialises_30_percent_of_each_conv_and_damps_the_rest(setup)
 def test_seif_noise_statistics_and_scope():
     params = {"conv1": {"kernel": jnp.full((7, 7, 3, 64), 0.25)},
               "layer1_0": {"conv1": {"kernel": jnp.ones((3, 3, 4, 4))}}, "bn1": {"scale": jnp.ones((4,))}, "fc": {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros((4,))}}
-    noised = wa.seif_noise(jax.random.key(0), params, 0.6)
+    noised = seif_noise(jax.random.key(0), params, 0.6)
     delta = np.asarray(noised["conv1"]["kernel"]) - 0.25
     assert abs(delta.mean()) < 0.03 and abs(delta.std() - 0.6) < 0.03  # 9408 draws: se ≈ 0.006 / 0.004
     for path in (("layer1_0", "conv1", "kernel"), ("bn1", "scale"), ("fc", "kernel"), ("fc", "bias")):
@@ -177,10 +160,10 @@ def test_seif_noise_statistics_and_scope():
         for p in path:
             a, b = a[p], b[p]
         np.testing.assert_array_equal(a, b)  # the source's named_children() loop reaches the stem only
-    everywhere = wa.seif_noise(jax.random.key(0), params, 0.6, "convs")
+    everywhere = seif_noise(jax.random.key(0), params, 0.6, "convs")
     assert np.all(everywhere["layer1_0"]["conv1"]["kernel"] != 1.0)
     with pytest.raises(ValueError, match="noise_scope"):
-        wa.seif_noise(jax.random.key(0), params, 0.6, "bn")
+        seif_noise(jax.random.key(0), params, 0.6, "bn")
 
 
 def test_seif_renoises_with_final_std_before_the_last_epoch_only(setup):
@@ -205,12 +188,12 @@ def test_class_weights_are_the_ports_formulas_on_the_retain_labels():
 
     labels = np.asarray([0, 0, 0, 2, 1, 2, 0, 2, 0], np.int32)  # class 3 has no retain example
     present = np.unique(labels)
-    seif = np.asarray(wa.seif_class_weights(jnp.asarray(labels), 4))
+    seif = np.asarray(seif_class_weights(jnp.asarray(labels), 4))
     # kgltop3.py: compute_class_weight("balanced", classes=np.unique(targets), y=targets) on the retain loader.
     np.testing.assert_allclose(seif[present], compute_class_weight("balanced", classes=present, y=labels), rtol=1e-6)
     assert seif[3] == 0.0
     # kgltop4.py get_class_weights: torch.unique(targets, return_counts=True) counts ** -0.1.
-    sebastian = np.asarray(wa.sebastian_class_weights(jnp.asarray(labels), 4, -0.1))
+    sebastian = np.asarray(sebastian_class_weights(jnp.asarray(labels), 4, -0.1))
     np.testing.assert_allclose(sebastian[present], np.bincount(labels)[present] ** -0.1, rtol=1e-6)
     assert sebastian[3] == 0.0
 
@@ -226,7 +209,7 @@ def test_class_weights_ignore_the_contexts_retain_and_forget_counts(setup, name)
     one_vars, _, _ = run_compiled(make_run(other, method, RunConfig(track=False, snapshot_every=1)), KEYS[0], start,
                                   data)
     lane = jax.tree_util.tree_map(lambda x: x[0], variables)
-    assert max_rel(one_vars["params"], lane["params"]) <= 1e-5  # float32 vmapped vs single, as above
+    assert max_rel(one_vars["params"], lane["params"]) <= 1e-5  # float32 vmapped vs single: rounding only
 
 
 # ---- sebastian -------------------------------------------------------------------------------------------
@@ -305,7 +288,7 @@ def test_amnesiacs_distils_on_the_validation_set_in_data_order(setup):
     ctx, start, data = setup
     method = build_method("amnesiacs", ctx, **{**CASES["amnesiacs"], "batch_size": 4})
     state = run_compiled(method.init, jax.random.key(3), start, data)
-    one_epoch = lambda key: method.epoch(state, key, data)[0].params  # noqa: E731
+    one_epoch = lambda key: method.epoch(state, key, data, start)[0].params  # noqa: E731
     a, b = (run_compiled(one_epoch, jax.random.key(k)) for k in (5, 6))
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     assert not np.array_equal(a["fc"]["kernel"], state.params["fc"]["kernel"])  # it trained

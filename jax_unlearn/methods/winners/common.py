@@ -1,0 +1,203 @@
+"""Pieces shared by the ports of the NeurIPS 2023 Machine Unlearning Challenge winners.
+
+The methods themselves live one per module beside this one (fanchuan, kookmin, seif, sebastian, toshi
+— ``toshi-conv-transpose`` —, amnesiacs, sun); this module holds what they have in common, so no method
+carries a copy:
+
+* :class:`WinnerState` — model, one optimiser state per optimiser the method uses, the number of engine
+  epochs done (an unbatched ``int32`` under ``vmap``, so ``lax.cond`` on it stays a real branch), and a
+  method-specific ``extra`` (per-seed gradient scales, masks; a frozen reference such as the original
+  model is never copied here: it is ``epoch``'s ``start``).
+* :func:`loss_step` (over :func:`jax_unlearn.engine.train.loss_and_grads`; :func:`ce_loss` the plain-CE
+  loss) / :func:`optimizer_step` — one torch-SGD step of optimiser ``slot``, with an optional
+  *gradient* scale (applied before weight decay, like a backward hook) and an optional *update* mask
+  (:func:`jax_unlearn.engine.masks.masked`: masked weights stay bit-identical).
+* :func:`run_batches` — :func:`jax_unlearn.engine.train.run_steps` of a step over given batch indices of a
+  split (a partial pass, or paired splits).
+* leaf selectors (:func:`kind_mask` over :func:`jax_unlearn.engine.masks.leaf_kinds`, :func:`leaf_mask` by
+  name), :func:`standard_draws` (one RNG call for many leaves) and :func:`reset_linear` (torch's default
+  re-initialisation of a layer).
+
+All references: the challenge write-ups, and their ports in xcadet/deepunlearn (``munl/unlearning/
+kgltop1.py`` … ``kgltop7.py``, read at commit 6830ff6), whose ``unlearn()`` bodies these follow step by
+step; every place where we do not is listed in the method's docstring ("Ambiguities") and in
+docs/METHODS.md. Triantafillou et al., "Are we making progress in unlearning? Findings from the first
+NeurIPS unlearning competition", arXiv:2406.09073 (2024).
+
+The loaders a port receives: deepunlearn builds the retain, forget and validation loaders with the
+*method's own* ``batch_size`` (``munl/datasets/get_dataset.py``; 64 for most winners, 256 for fanchuan),
+retain and forget shuffled, validation and test not (``munl/settings.py`` ``default_loaders``). Our
+passes do the same — shuffled retain/forget passes of the method's batch size, the validation pass
+(amnesiacs) in data order — except fanchuan's forget pass, which keeps batch 64 (``forget_batch_size``;
+see its docstring).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jax_unlearn.engine.batches import epoch_batches, steps_per_epoch
+from jax_unlearn.engine.losses import cross_entropy
+from jax_unlearn.engine.masks import leaf_kinds, masked
+from jax_unlearn.engine.train import Context, TrainState, apply_gradients, loss_and_grads, run_steps
+
+REF = "NeurIPS 2023 Machine Unlearning Challenge (Kaggle); port: xcadet/deepunlearn munl/unlearning/"
+
+
+class WinnerState(NamedTuple):
+    """A winner's per-seed state: the model, one optimiser state per optimiser, engine epochs done, extras."""
+    params: Any
+    batch_stats: Any
+    opt_states: tuple
+    epoch: jax.Array  # engine epochs completed
+    extra: Any = None
+
+
+def winner_state(variables, opt_states: tuple, extra=None) -> WinnerState:
+    """A :class:`WinnerState` at ``variables`` with the given optimiser states, epoch 0."""
+    return WinnerState(variables["params"], variables["batch_stats"], tuple(opt_states), jnp.zeros((), jnp.int32),
+                       extra)
+
+
+def next_epoch(state: WinnerState) -> WinnerState:
+    """``state`` with its engine-epoch counter advanced by one."""
+    return state._replace(epoch=state.epoch + 1)
+
+
+def optimizer_step(tx: optax.GradientTransformation, slot: int, state: WinnerState, grads, batch_stats, *,
+                   grad_scale=None, update_mask=None) -> WinnerState:
+    """Apply ``grads`` with optimiser ``tx`` whose state is ``state.opt_states[slot]``.
+
+    ``grad_scale`` (params-shaped, leaves broadcastable) multiplies the gradient *before* the optimiser, so
+    torch's L2 weight decay and momentum see the scaled gradient (a hook on ``weight.grad``);
+    ``update_mask`` (params-shaped bools) zeroes the *update* with :func:`jax_unlearn.engine.masks.masked`
+    (frozen weights stay bit-identical).
+    """
+    if grad_scale is not None:
+        grads = jax.tree_util.tree_map(lambda g, s: g * jnp.asarray(s, g.dtype), grads, grad_scale)
+    train = TrainState(state.params, state.batch_stats, state.opt_states[slot], state.epoch)
+    train = apply_gradients(tx if update_mask is None else masked(tx, update_mask), train, grads, batch_stats)
+    opt_states = state.opt_states[:slot] + (train.opt_state,) + state.opt_states[slot + 1:]
+    return state._replace(params=train.params, batch_stats=train.batch_stats, opt_states=opt_states)
+
+
+# loss_fn(state, logits, images, labels, mask) -> scalar; a loss that needs a teacher closes over ``start``.
+WinnerLoss = Callable[[WinnerState, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def ce_loss(state: WinnerState, logits, images, labels, mask):
+    """Plain batch-mean cross-entropy as a :data:`WinnerLoss` (the fine-tuning passes of most winners)."""
+    return cross_entropy(logits, labels, mask)
+
+
+def loss_step(ctx: Context, tx: optax.GradientTransformation, slot: int, loss_fn: WinnerLoss, *,
+              grad_scale: Callable | None = None, update_mask: Callable | None = None):
+    """``step(state, images, labels, mask) -> (state, loss)``: train-mode forward, backprop, one step of
+    optimiser ``slot``. ``grad_scale(state)`` / ``update_mask(state)`` give the trees of
+    :func:`optimizer_step`. Usable with :func:`jax_unlearn.engine.train.epoch_over` and :func:`run_batches`."""
+
+    def step(state: WinnerState, images, labels, mask):
+        loss, batch_stats, grads = loss_and_grads(ctx, state.params, state.batch_stats, images, mask,
+                                                  lambda logits: loss_fn(state, logits, images, labels, mask))
+        state = optimizer_step(tx, slot, state, grads, batch_stats,
+                               grad_scale=None if grad_scale is None else grad_scale(state),
+                               update_mask=None if update_mask is None else update_mask(state))
+        return state, loss
+
+    return step
+
+
+def run_batches(step_fn, state, images, labels, idx, mask, active=None):
+    """:func:`jax_unlearn.engine.train.run_steps` of ``step_fn(state, images[i], labels[i], mask)`` over the
+    rows of ``idx`` (S, B) / ``mask`` (S, B): ``(state, mean loss over real examples)``; steps where
+    ``active`` (S,) is false are skipped."""
+    return run_steps(lambda s, bidx, bmask: step_fn(s, images[bidx], labels[bidx], bmask), state, idx, mask, active)
+
+
+def shuffled_batches(key, n: int, batch_size: int, steps: int | None = None):
+    """The first ``steps`` (default all) batches of a shuffled ``drop_last=False`` pass: ``(idx, mask)``."""
+    idx, mask = epoch_batches(key, n, batch_size)
+    steps = steps_per_epoch(n, batch_size) if steps is None else steps
+    return idx[:steps], mask[:steps]
+
+
+# ---- leaves -------------------------------------------------------------------------------------------------
+
+def _path_names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(p, "key", p)) for p in path)
+
+
+def leaf_mask(params, predicate: Callable[[tuple[str, ...], Any], bool]):
+    """A params-shaped tree of Python bools: ``predicate(path_names, leaf)`` per leaf."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: bool(predicate(_path_names(p), x)), params)
+
+
+def kind_mask(params, *kinds: str):
+    """A params-shaped tree of Python bools: the leaf's layer kind (:func:`~jax_unlearn.engine.masks.leaf_kinds`:
+    ``'conv'``, ``'linear'``, ``'batchnorm'``) is one of ``kinds``. Static, so it picks leaves at trace time."""
+    return jax.tree_util.tree_map(lambda kind: kind in kinds, leaf_kinds(params))
+
+
+def fan_in(shape) -> int:
+    """torch's fan-in of a Flax kernel: H·W·I for a conv (H, W, I, O), I for a Dense (I, O)."""
+    return math.prod(shape[:-1])
+
+
+def fan_out(shape) -> int:
+    """torch's fan-out of a Flax kernel: H·W·O for a conv (H, W, I, O), O for a Dense (I, O)."""
+    return shape[-1] * math.prod(shape[:-2])
+
+
+def standard_draws(key, shapes, distribution: str = "normal", dtype=jnp.float32) -> list:
+    """Independent N(0, 1) (``'normal'``) or U(-1, 1) (``'uniform'``) arrays of the given ``shapes``, made by
+    *one* RNG call cut into pieces. (XLA compiles every threefry call on its own — about a second of CPU
+    each — so per-leaf calls over a ResNet would dominate compile time.)"""
+    sizes = [math.prod(s) for s in shapes]
+    total = max(sum(sizes), 1)
+    flat = (jax.random.normal(key, (total,), dtype) if distribution == "normal"
+            else jax.random.uniform(key, (total,), dtype, -1.0, 1.0))
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    return [flat[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes)]
+
+
+def map_selected(fn, key, params, selected):
+    """``fn(leaf_key, leaf)`` on the leaves where ``selected`` (a tree of Python bools) is true, one key per
+    leaf (``fold_in(key, leaf index)``; None when ``key`` is None); other leaves are returned as they are."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    flags = jax.tree_util.tree_leaves(selected)
+    out = [fn(None if key is None else jax.random.fold_in(key, i), x) if f else x
+           for i, (x, f) in enumerate(zip(leaves, flags))]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def reset_linear(key, params, module: str):
+    """torch ``reset_parameters()`` of a top-level module (``conv1`` or ``fc``): weight (kaiming_uniform with
+    a = sqrt(5)) and, where it has one, bias both ~ U(±1/sqrt(fan_in))."""
+    layer = params[module]
+    bound = 1.0 / math.sqrt(fan_in(layer["kernel"].shape))
+    names = sorted(layer)
+    draws = standard_draws(key, [layer[n].shape for n in names], "uniform", layer["kernel"].dtype)
+    return {**params, module: {n: bound * u for n, u in zip(names, draws)}}
+
+
+def retain_class_counts(labels, num_classes: int) -> jax.Array:
+    """Examples per class (C,) float32 of the retain labels ``labels`` (n_r,) — what the deepunlearn ports
+    count their class weights from (``np.unique`` / ``torch.unique`` over the retain loader's targets),
+    not the whole training set's counts (``ctx.class_counts``: retain ∪ forget)."""
+    return jnp.bincount(labels, length=num_classes).astype(jnp.float32)
+
+
+def half_round_trip(state: WinnerState) -> WinnerState:
+    """torch ``net.to(torch.half).to(torch.float)``: every float parameter and BatchNorm statistic rounded
+    to float16 (round-to-nearest-even) and back; integer buffers untouched."""
+    def cast(x):
+        return x.astype(jnp.float16).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return state._replace(params=jax.tree_util.tree_map(cast, state.params),
+                          batch_stats=jax.tree_util.tree_map(cast, state.batch_stats))

@@ -1,0 +1,73 @@
+"""The method contract, for every method in the registry (present and future: the parameters are
+``METHODS`` itself): two seeds vmapped have finite metrics and weights, differ from each other, and lane i
+equals a run of seed i alone. Method-specific behaviour lives in the per-family test files.
+
+Hyper-parameters: the registered defaults with the small overrides of the acceptance tool's tables
+(``tests/tools/method_outputs.py`` ``TINY``; a new method gets ``TINY_DEFAULT``). Programs compile with
+XLA's backend optimisations off: compile time dominates on a CPU, and both sides of every comparison
+compile the same way.
+"""
+import jax
+import numpy as np
+import pytest
+
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
+from jax_unlearn.methods import METHODS, build_method
+from jax_unlearn.models import init_variables
+from tools.method_outputs import COMPILE_OPTIONS, TINY, TINY_DEFAULT  # tests/ is on sys.path
+
+NAMES = sorted(METHODS)
+# Methods with no randomness after the start model: their seeds must agree bit for bit instead.
+DETERMINISTIC = {"ssd", "influence"}
+CONFIG = RunConfig(track=False)
+# Lane i against seed i alone: vmapped convolutions sum in another order, so float32 results differ by
+# rounding; that rounding is measured against how far the run moved the weights (a per-leaf relative error
+# of a near-cancelling update means nothing).
+REL_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_data, tiny_model):
+    ctx = context_for(tiny_data, tiny_model)
+    start = jax.jit(lambda key: init_variables(tiny_model, key))(jax.random.key(42))
+    return ctx, device_data(tiny_data), start
+
+
+def _build(name, ctx):
+    overrides = {k: v for k, v in TINY.get(name, TINY_DEFAULT).items() if k in METHODS[name].defaults}
+    return build_method(name, ctx, **overrides)
+
+
+def _compiled(fn, *args):
+    return jax.jit(fn).lower(*args).compile(COMPILE_OPTIONS)
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(tree)])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_method_contract(setup, name):
+    ctx, data, start = setup
+    method = _build(name, ctx)
+    run = make_run(ctx, method, CONFIG)
+    keys = seed_keys(0, np.arange(2))
+    many = jax.vmap(run, in_axes=(0, None, None))
+    variables, metrics = jax.device_get(_compiled(many, keys, start, data)(keys, start, data))
+
+    assert metrics["finite"].shape == (2, method.num_epochs) and metrics["finite"].all()
+    for key, value in metrics.items():
+        assert value.shape == (2, method.num_epochs), key
+    lanes = [_flat(jax.tree_util.tree_map(lambda a, i=i: a[i], variables)) for i in range(2)]
+    assert np.isfinite(lanes[0]).all() and np.isfinite(lanes[1]).all()
+    if name in DETERMINISTIC:
+        np.testing.assert_array_equal(lanes[0], lanes[1])
+    else:
+        assert not np.array_equal(lanes[0], lanes[1]), "two seeds gave the same model"
+
+    single = _compiled(run, keys[0], start, data)
+    origin = _flat(start)
+    for i in range(2):
+        alone = _flat(jax.device_get(single(keys[i], start, data))[0])
+        moved = np.linalg.norm(alone - origin)
+        assert np.linalg.norm(lanes[i] - alone) <= REL_TOL * moved, f"lane {i} != seed {i} alone"

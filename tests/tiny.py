@@ -1,0 +1,25 @@
+"""The tiny synthetic data set the engine and method tests share (and ``tests/conftest.py``'s fixtures):
+4 classes, 45 retain / 10 forget / 12 validation / 12 test 32×32 RGB images with a learnable signal in the
+red channel (``40 × label``), drawn from a seeded NumPy Generator."""
+import numpy as np
+
+from jax_unlearn.data.types import Normalization, Split, UnlearningData
+from jax_unlearn.models import ResNet
+
+TINY_MODEL = ResNet(stage_sizes=(1, 1), num_classes=4, width=4)  # compiles in seconds
+
+
+def synthetic_split(rng, n, num_classes=4):
+    labels = rng.integers(0, num_classes, n).astype(np.int32)
+    images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+    images[..., 0] = np.uint8(40) * labels[:, None, None].astype(np.uint8)  # learnable signal
+    return Split(images, labels, ids=np.array([f"x{rng.integers(1 << 40)}-{i}" for i in range(n)]))
+
+
+def tiny_data(seed: int = 0) -> UnlearningData:
+    rng = np.random.default_rng(seed)
+    return UnlearningData(
+        retain=synthetic_split(rng, 45), forget=synthetic_split(rng, 10), validation=synthetic_split(rng, 12),
+        test=synthetic_split(rng, 12), num_classes=4,
+        normalization=Normalization(scale=1 / 255, mean=(0.5,) * 3, std=(0.25,) * 3),
+        description={"source": "synthetic"})
