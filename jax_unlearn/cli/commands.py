@@ -304,7 +304,7 @@ def _demo_args(p):
 
 
 def _demo(args) -> int:
-    """The main job on the offline default (:func:`jax_unlearn.demo.demo`)."""
+    """The main job on the offline default: original model, N unlearned + N retrained, export, report."""
     platform = select_device(args.device)
     from jax_unlearn.demo import demo
 
