@@ -21,9 +21,11 @@ NAMES = sorted(METHODS)
 DETERMINISTIC = {"ssd", "influence"}
 CONFIG = RunConfig(track=False)
 # Lane i against seed i alone: vmapped convolutions sum in another order, so float32 results differ by
-# rounding; that rounding is measured against how far the run moved the weights (a per-leaf relative error
-# of a near-cancelling update means nothing).
-REL_TOL = 1e-5
+# rounding, measured against how far the run moved the weights (a per-leaf relative error of a
+# near-cancelling update means nothing). Adam and UNSIR's noise ascent amplify that rounding to ~4e-4 of
+# the movement; a lane that ran another seed's key differs by the order of the movement itself. The
+# teacher-student and noise methods are also checked exactly in float64 (tests/methods/test_distill.py).
+REL_TOL = 1e-3
 
 
 @pytest.fixture(scope="module")

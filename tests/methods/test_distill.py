@@ -1,5 +1,6 @@
-"""Teacher–student and noise methods: each one's defining behaviour on tiny data (the contract every method
-keeps — seeds, lanes, finiteness — is tests/methods/test_contract.py)."""
+"""Teacher–student and noise methods: each one's defining behaviour on tiny data, and the contract's lane
+check in float64 (the contract every method keeps — seeds, lanes, finiteness — is
+tests/methods/test_contract.py)."""
 import functools
 
 import jax
@@ -116,6 +117,30 @@ def _diff(a, b):
 
 
 # --- every method -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_lanes_equal_single_runs_exactly_in_float64(name, runs, ctx, start):
+    """The float64 form of the contract's lane check (tests/methods/test_contract.py): Adam turns float32
+    rounding into full-size updates, so only float64 shows that a lane computes exactly the seed's function."""
+    (many_vars, many_metrics, _), singles = runs(name)
+    epochs = build_method(name, ctx, **HYPER[name]).num_epochs
+    for key, value in many_metrics.items():
+        assert value.shape == (2, epochs), key
+    assert np.isfinite(np.asarray(many_metrics.get("loss", many_metrics.get("dampened_fraction")))).all()
+    for i, (one_vars, one_metrics, _) in enumerate(singles):
+        lane = _lane(many_vars, i)
+        moved = _norm(_diff(one_vars["params"], start["params"]))
+        assert moved > 0
+        # Relative to how far the run moved the weights (see tests/dropin/dropin_helpers.py:update_rel).
+        assert _norm(_diff(lane, one_vars)) <= TOL * moved
+        for key in one_metrics:
+            np.testing.assert_allclose(one_metrics[key], many_metrics[key][i], rtol=1e-6)
+    a, b = _lane(many_vars["params"], 0), _lane(many_vars["params"], 1)
+    if name == "ssd":  # no randomness at all: every seed is the same model
+        jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    else:
+        assert _norm(_diff(a, b)) > 1e-3 * _norm(a)
 
 
 def test_registered_with_the_references_defaults():
