@@ -1,5 +1,11 @@
 """One seed's training pieces: state, forward passes, one optimiser step, a scan of steps, one epoch over a split.
 
+The vocabulary every method speaks: :class:`TrainState` (one optimiser) or :class:`MultiOptState` (several
+optimisers in turn, e.g. the challenge winners' forget and repair phases); a step is ``step(state, images,
+labels, mask) -> (state, loss)`` (:func:`supervised_step`, :func:`loss_step`); :func:`run_steps` scans a step
+over batches, :func:`epoch_over` makes one epoch of a split from it. Frozen weights: wrap the optimiser in
+:func:`jax_unlearn.engine.masks.masked`.
+
 Everything here is written for a single model; the engine vmaps it over seeds (:mod:`jax_unlearn.engine.run`).
 Images arrive as uint8 on device and are normalised on the fly (``Context.normalization``).
 """
@@ -16,6 +22,7 @@ from flax import linen as nn
 from jax_unlearn.data.types import Normalization
 from jax_unlearn.engine.batches import epoch_batches, random_crop_flip, steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy
+from jax_unlearn.engine.masks import masked
 
 Variables = Mapping[str, Any]  # {'params': ..., 'batch_stats': ...}
 DeviceData = Mapping[str, tuple[jax.Array, jax.Array]]  # split name -> (images uint8 (N,32,32,3), labels (N,))
@@ -91,11 +98,80 @@ def teacher_logits(ctx: Context, teacher: Variables, images):
     return jax.lax.stop_gradient(forward_eval(ctx, teacher, images))
 
 
+def _update(tx: optax.GradientTransformation, params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads, batch_stats) -> TrainState:
     """One optimiser step: ``params + tx.update(grads)``, the new BatchNorm statistics, ``step + 1``. Frozen
     weights: wrap ``tx`` in :func:`jax_unlearn.engine.masks.masked` (the one update-mask mechanism)."""
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return TrainState(optax.apply_updates(state.params, updates), batch_stats, opt_state, state.step + 1)
+    params, opt_state = _update(tx, state.params, state.opt_state, grads)
+    return TrainState(params, batch_stats, opt_state, state.step + 1)
+
+
+class MultiOptState(NamedTuple):
+    """A model trained by several optimisers in turn: params, BatchNorm statistics, one optimiser state per
+    optimiser (``opt_states[slot]``), the engine epochs done (an unbatched ``int32`` under ``vmap``, so a
+    ``lax.cond`` on it stays a real branch) and method-specific ``extra`` leaves (per-seed gradient scales,
+    masks). A frozen reference such as the start model is never kept here: it is ``epoch``'s ``start``."""
+    params: Any
+    batch_stats: Any
+    opt_states: tuple
+    epoch: jax.Array
+    extra: Any = None
+
+
+def multi_opt_state(variables: Variables, opt_states: tuple, extra=None) -> MultiOptState:
+    """A :class:`MultiOptState` at ``variables`` with the given optimiser states, epoch 0."""
+    return MultiOptState(variables["params"], variables["batch_stats"], tuple(opt_states), jnp.zeros((), jnp.int32),
+                         extra)
+
+
+def next_epoch(state: MultiOptState) -> MultiOptState:
+    """``state`` with its engine-epoch counter advanced by one."""
+    return state._replace(epoch=state.epoch + 1)
+
+
+def optimizer_step(tx: optax.GradientTransformation, slot: int, state: MultiOptState, grads, batch_stats, *,
+                   grad_scale=None, update_mask=None) -> MultiOptState:
+    """Apply ``grads`` with optimiser ``tx`` whose state is ``state.opt_states[slot]``; ``batch_stats`` are
+    the new BatchNorm statistics.
+
+    ``grad_scale`` (params-shaped, leaves broadcastable) multiplies the gradient *before* the optimiser, so
+    torch's L2 weight decay and momentum see the scaled gradient (a hook on ``weight.grad``);
+    ``update_mask`` (params-shaped bools) zeroes the *update* with :func:`jax_unlearn.engine.masks.masked`
+    (frozen weights stay bit-identical).
+    """
+    if grad_scale is not None:
+        grads = jax.tree_util.tree_map(lambda g, s: g * jnp.asarray(s, g.dtype), grads, grad_scale)
+    if update_mask is not None:
+        tx = masked(tx, update_mask)
+    params, opt_state = _update(tx, state.params, state.opt_states[slot], grads)
+    opt_states = state.opt_states[:slot] + (opt_state,) + state.opt_states[slot + 1:]
+    return state._replace(params=params, batch_stats=batch_stats, opt_states=opt_states)
+
+
+# loss_fn(state, logits, images, labels, mask) -> scalar: a loss that may read per-seed state (e.g. extras)
+StateLoss = Callable[[MultiOptState, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def loss_step(ctx: Context, tx: optax.GradientTransformation, slot: int, loss_fn: StateLoss, *,
+              grad_scale: Callable | None = None, update_mask: Callable | None = None):
+    """``step(state, images, labels, mask) -> (state, loss)`` on a :class:`MultiOptState`: train-mode
+    forward of uint8 ``images``, backprop of ``loss_fn(state, logits, images, labels, mask)``, one step of
+    optimiser ``slot``. ``grad_scale(state)`` / ``update_mask(state)`` give the trees of
+    :func:`optimizer_step`. Usable with :func:`epoch_over` and :func:`run_batches`."""
+
+    def step(state: MultiOptState, images, labels, mask):
+        loss, batch_stats, grads = loss_and_grads(ctx, state.params, state.batch_stats, images, mask,
+                                                  lambda logits: loss_fn(state, logits, images, labels, mask))
+        state = optimizer_step(tx, slot, state, grads, batch_stats,
+                               grad_scale=None if grad_scale is None else grad_scale(state),
+                               update_mask=None if update_mask is None else update_mask(state))
+        return state, loss
+
+    return step
 
 
 LossFn = Callable[[jax.Array, Any, jax.Array], jax.Array]  # (logits, labels, mask) -> scalar
@@ -151,6 +227,13 @@ def run_steps(step, state, idx, mask, active=None):
 
     state, (losses, counts) = jax.lax.scan(body, state, (idx, mask, active))
     return state, jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1)
+
+
+def run_batches(step_fn, state, images, labels, idx, mask, active=None):
+    """:func:`run_steps` of ``step_fn(state, images[i], labels[i], mask)`` over the rows of ``idx`` (S, B) /
+    ``mask`` (S, B) into ``images`` uint8 (N, 32, 32, 3) / ``labels`` (N,): ``(state, mean loss over real
+    examples)``; steps where ``active`` (S,) is false are skipped. A partial pass, or paired splits."""
+    return run_steps(lambda s, bidx, bmask: step_fn(s, images[bidx], labels[bidx], bmask), state, idx, mask, active)
 
 
 def epoch_over(ctx: Context, split: str, batch_size: int, step_fn, *, shuffle: bool = True,

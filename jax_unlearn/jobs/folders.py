@@ -236,11 +236,26 @@ def _file_digests(target: Path) -> dict[str, list]:
     return out
 
 
+# checkpoint folder -> the (path, size, mtime) of its files and its list when its digests last matched: a
+# finished run's chunks are restored by write_metrics, export and evaluate in turn, and hashing each again
+# would cost about a second per GB every time. Rewriting a file changes its mtime, so it is hashed again.
+_VERIFIED: dict[str, tuple] = {}
+
+
+def _stat_signature(target: Path, manifest: Path) -> tuple:
+    files = sorted(p for p in target.rglob("*") if p.is_file())
+    return tuple((str(p), st.st_size, st.st_mtime_ns) for p in [manifest, *files] for st in [p.stat()])
+
+
 def _damage(target: Path) -> str | None:
     """What differs between the checkpoint folder ``target`` and the file list written beside it when it was
-    saved (None: intact, or saved before such lists were written)."""
+    saved (None: intact, or saved before such lists were written). A folder whose files' sizes and mtimes
+    are those it had when it last matched its list is not hashed again in this process."""
     manifest = _manifest_path(target)
     if not manifest.is_file():
+        return None
+    key, signature = str(target.resolve()), _stat_signature(target, manifest)
+    if _VERIFIED.get(key) == signature:
         return None
     try:
         want = json.loads(manifest.read_text())
@@ -254,6 +269,7 @@ def _damage(target: Path) -> str | None:
             return f"file {name} has {have[name][0]} bytes, {size} were written"
         if have[name][1] != digest:
             return f"file {name} changed since it was written (sha256 differs)"
+    _VERIFIED[key] = signature
     return None
 
 

@@ -63,7 +63,8 @@ import jax.numpy as jnp
 from jax_unlearn.engine.batches import random_crop_flip
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import cosine_annealing_per_epoch, make_optimizer
-from jax_unlearn.engine.train import Context, DeviceData, create_state, predict, supervised_step, variables_of
+from jax_unlearn.engine.train import (
+    Context, DeviceData, create_state, predict, run_steps, supervised_step, variables_of)
 from jax_unlearn.models import init_variables
 from jax_unlearn.methods.finetune import inverse_count_weights
 
@@ -194,18 +195,16 @@ def sisa(ctx: Context, *, num_shards: int = 5, epochs: int = 20, batch_size: int
                 mask = jnp.concatenate([member, jnp.zeros(pad.shape, bool)]).reshape(steps, batch_size)
                 idx = jnp.where(mask, idx, 0)
 
-            def body(state, inp):
-                i, bidx, bmask = inp
+            def member_step(state, inp, bmask):
+                i, bidx = inp
                 x = jnp.where(bmask[:, None, None, None], images[bidx], 0).astype(images.dtype)
                 y = jnp.where(bmask, labels[bidx], 0)
                 if augment:
                     x = random_crop_flip(jax.random.fold_in(k_aug, i), x)
-                state, loss = jax.lax.cond(jnp.any(bmask), lambda s: step(s, x, y, bmask),
-                                           lambda s: (s, jnp.zeros((), jnp.float32)), state)
-                return state, (loss, jnp.sum(bmask))
+                return step(state, x, y, bmask)
 
-            state, (losses, counts) = jax.lax.scan(body, state, (jnp.arange(steps), idx, mask))
-            return state, jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1)
+            # blocks holding no member are skipped: no forward pass, no optimiser step
+            return run_steps(member_step, state, (jnp.arange(steps), idx), mask, active=jnp.any(mask, axis=1))
 
         state = create_state(init_variables(ctx.model, k_init), tx)
         state, losses = jax.lax.scan(epoch, state, jnp.arange(epochs))

@@ -1,6 +1,8 @@
 """The method contract, for every method in the registry (present and future: the parameters are
 ``METHODS`` itself): two seeds vmapped have finite metrics and weights, differ from each other, and lane i
-equals a run of seed i alone. Method-specific behaviour lives in the per-family test files.
+equals a run of seed i alone; the declared search space and the other float hyper-parameters of
+:data:`TRACED` trace as per-lane values. Method-specific behaviour (masked methods' frozen weights bit for
+bit included) lives in the per-family test files.
 
 Hyper-parameters: the registered defaults with the small overrides of the acceptance tool's tables
 (``tests/tools/method_outputs.py`` ``TINY``; a new method gets ``TINY_DEFAULT``). Programs compile with
@@ -8,11 +10,13 @@ XLA's backend optimisations off: compile time dominates on a CPU, and both sides
 compile the same way.
 """
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
 from jax_unlearn.methods import METHODS, build_method
+from jax_unlearn.methods.registry import search_space
 from jax_unlearn.models import init_variables
 from tools.method_outputs import COMPILE_OPTIONS, TINY, TINY_DEFAULT  # tests/ is on sys.path
 
@@ -73,3 +77,41 @@ def test_method_contract(setup, name):
         alone = _flat(jax.device_get(single(keys[i], start, data))[0])
         moved = np.linalg.norm(alone - origin)
         assert np.linalg.norm(lanes[i] - alone) <= REL_TOL * moved, f"lane {i} != seed {i} alone"
+
+
+# Hyper-parameters that trace as per-lane values beyond the declared search space (which every method has:
+# jax_unlearn/methods/spaces.py), so a sweep over them is one vmapped program too.
+TRACED = {
+    "bad-teacher": ("lr", "temperature", "epochs"),
+    "scrub": ("lr", "momentum", "weight_decay", "temperature", "gamma", "alpha", "lr_decay_rate", "epochs"),
+    "ssd": ("alpha", "lam"),
+    "unsir": ("noise_lr", "noise_reg", "impair_lr", "repair_lr"),
+    "noise-student-curriculum": ("noise_lr", "noise_reg", "impair_lr", "repair_lr", "distill_lr", "temperature"),
+    "l1-sparse": ("lr", "momentum", "weight_decay", "alpha", "epochs"),
+    "neggrad+": ("lr", "momentum", "alpha", "l2_to_start"),
+    "random-label": ("lr", "momentum", "weight_decay"),
+    "salun": ("lr", "momentum", "weight_decay", "fraction"),
+    "gradient-ascent": ("lr", "momentum", "weight_decay"),
+    "cf-k": ("lr", "lr_decay_rate", "l2_to_start", "epochs"),
+    "eu-k": ("lr", "lr_decay_rate", "l2_to_start", "epochs"),
+    "fisher": ("alpha",),
+    "influence": ("alpha",),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_hyper_parameters_trace_per_lane(setup, name):
+    """Two lanes, each with its own traced value of every name, at the registered (tiny) values: traced
+    with ``jax.eval_shape``, never compiled."""
+    ctx, data, start = setup
+    overrides = {k: v for k, v in TINY.get(name, TINY_DEFAULT).items() if k in METHODS[name].defaults}
+    values = {**METHODS[name].defaults, **overrides}
+    names = sorted({*search_space(name).names(), *TRACED.get(name, ())})
+    lanes = {k: jnp.full((2,), values[k], jnp.int32 if k == "epochs" else jnp.float32) for k in names}
+
+    def first_epoch(key, hyper):
+        method = build_method(name, ctx, **{**overrides, **hyper})
+        return method.epoch(method.init(key, start, data), key, data, start)[1]
+
+    metrics = jax.eval_shape(jax.vmap(first_epoch), seed_keys(0, np.arange(2)), lanes)
+    assert metrics and all(m.shape == (2,) for m in metrics.values())

@@ -101,28 +101,6 @@ def forget_ce(ctx, dd, variables):
     return float(cross_entropy(forward_eval(ctx, variables, dd["forget"][0]), dd["forget"][1]))
 
 
-TRACED = {  # float hyper-parameters a per-lane sweep passes as traced scalars (and cf-k/eu-k's epochs)
-    "gradient-ascent": dict(lr=0.05, momentum=0.9, weight_decay=5e-4),
-    "cf-k": dict(lr=0.05, lr_decay_rate=0.1, l2_to_start=0.1, epochs=3),
-    "eu-k": dict(lr=0.05, lr_decay_rate=0.1, l2_to_start=0.1, epochs=3),
-    "fisher": dict(alpha=0.2),
-    "influence": dict(alpha=0.2),
-}
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_float_hyper_parameters_may_be_traced_per_lane(setup, name):
-    ctx, dd, start = setup
-
-    def one_epoch(key, hyper):
-        method = build_method(name, ctx, **{**HYPER[name], **hyper})
-        return method.epoch(method.init(key, start, dd), key, dd, start)[1]
-
-    lanes = {k: jnp.full((2,), v, jnp.int32 if k == "epochs" else jnp.float64) for k, v in TRACED[name].items()}
-    metrics = jax.eval_shape(jax.vmap(one_epoch), seed_keys(0, np.arange(2)), lanes)  # traces, never compiles
-    assert all(m.shape == (2,) for m in metrics.values())
-
-
 def test_registered_with_the_sources_defaults():
     expect = {  # see each factory's docstring for the file and line each value comes from
         "gradient-ascent": dict(epochs=5, batch_size=256, lr=1e-4, momentum=0.9, weight_decay=5e-4),

@@ -167,28 +167,6 @@ def test_registered_with_the_references_defaults():
     assert all(METHOD_TABLE[name].reference for name in METHODS)
 
 
-TRACED = {  # hyper-parameters a per-lane sweep passes as traced scalars
-    "bad-teacher": dict(lr=1e-2, temperature=2.0, epochs=2),
-    "scrub": dict(lr=0.02, momentum=0.9, weight_decay=5e-4, temperature=4.0, gamma=0.99, alpha=0.1,
-                  lr_decay_rate=0.1, epochs=3),
-    "ssd": dict(alpha=2.0, lam=1.0),
-    "unsir": dict(noise_lr=0.1, noise_reg=0.1, impair_lr=0.02, repair_lr=0.01),
-    "noise-student-curriculum": dict(noise_lr=0.1, noise_reg=0.1, impair_lr=0.02, repair_lr=0.01,
-                                     distill_lr=1e-2, temperature=2.0),
-}
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_float_hyper_parameters_may_be_traced_per_lane(name, ctx, start, dev):
-    def first_epoch(key, hyper):
-        method = build_method(name, ctx, **{**HYPER[name], **hyper})
-        return method.epoch(method.init(key, start, dev), key, dev, start)[1]
-
-    lanes = {k: jnp.full((2,), v, jnp.int32 if k == "epochs" else jnp.float32) for k, v in TRACED[name].items()}
-    metrics = jax.eval_shape(jax.vmap(first_epoch), seed_keys(0, np.arange(2)), lanes)  # traces, never compiles
-    assert metrics and all(m.shape == (2,) for m in metrics.values())
-
-
 def test_subset_fraction_is_a_static_size(ctx):
     for name in ("bad-teacher", "noise-student-curriculum"):
         with pytest.raises(TypeError, match="retain_fraction sets an array size"):

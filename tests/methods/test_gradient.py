@@ -106,28 +106,6 @@ def flat(tree):
     return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(tree)])
 
 
-TRACED = {  # float hyper-parameters a per-lane sweep passes as traced scalars (and l1-sparse's epochs)
-    "l1-sparse": dict(lr=0.05, momentum=0.9, weight_decay=5e-4, alpha=0.05, epochs=3),
-    "neggrad+": dict(lr=0.05, momentum=0.0, alpha=0.5, l2_to_start=5e-4),
-    "random-label": dict(lr=0.1, momentum=0.9, weight_decay=5e-4),
-    "salun": dict(lr=0.1, momentum=0.9, weight_decay=5e-4, fraction=0.5),
-}
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_float_hyper_parameters_may_be_traced_per_lane(setup, name):
-    ctx, dd, start = setup
-
-    def one_epoch(key, hyper):
-        method = build_method(name, ctx, **{**HYPER[name], **hyper})
-        state = method.init(key, start, dd)
-        return method.epoch(state, key, dd, start)[1]
-
-    lanes = {k: jnp.full((2,), v, jnp.int32 if k == "epochs" else jnp.float32) for k, v in TRACED[name].items()}
-    metrics = jax.eval_shape(jax.vmap(one_epoch), seed_keys(0, np.arange(2)), lanes)  # traces, never compiles
-    assert all(m.shape == (2,) for m in metrics.values())
-
-
 def test_registry_names_and_reference_defaults():
     expect = {
         "l1-sparse": dict(epochs=10, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4, alpha=5e-4,

@@ -10,9 +10,9 @@ from jax_unlearn.engine.batches import steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy, kl_divergence, soft_cross_entropy
 from jax_unlearn.engine.optim import cosine_annealing_per_epoch, torch_sgd
 from jax_unlearn.engine.protocol import Method
-from jax_unlearn.engine.train import epoch_over, teacher_logits, variables_of
+from jax_unlearn.engine.train import epoch_over, loss_step, multi_opt_state, next_epoch, teacher_logits, variables_of
 from jax_unlearn.methods.registry import register
-from jax_unlearn.methods.winners.common import loss_step, next_epoch, reset_linear, winner_state
+from jax_unlearn.methods.winners.common import reset_linear
 from jax_unlearn.methods.winners.common import REF as _REF
 
 
@@ -63,7 +63,7 @@ def amnesiacs(ctx, *, kd_epochs, kd_lr, retain_epochs, retain_lr, momentum, weig
     def init(key, start_variables, data):
         k_conv, k_fc = jax.random.split(key)
         params = reset_linear(k_fc, reset_linear(k_conv, start_variables["params"], "conv1"), "fc")
-        return winner_state({**start_variables, "params": params}, (tx_kd.init(params), tx_retain.init(params)))
+        return multi_opt_state({**start_variables, "params": params}, (tx_kd.init(params), tx_retain.init(params)))
 
     def epoch(state, key, data, start):
         distil = epoch_over(ctx, "validation", batch_size, loss_step(ctx, tx_kd, 0, kd_loss(start)), shuffle=False)

@@ -4,16 +4,13 @@ The methods themselves live one per module beside this one (fanchuan, kookmin, s
 — ``toshi-conv-transpose`` —, amnesiacs, sun); this module holds what they have in common, so no method
 carries a copy:
 
-* :class:`WinnerState` — model, one optimiser state per optimiser the method uses, the number of engine
-  epochs done (an unbatched ``int32`` under ``vmap``, so ``lax.cond`` on it stays a real branch), and a
-  method-specific ``extra`` (per-seed gradient scales, masks; a frozen reference such as the original
-  model is never copied here: it is ``epoch``'s ``start``).
-* :func:`loss_step` (over :func:`jax_unlearn.engine.train.loss_and_grads`; :func:`ce_loss` the plain-CE
-  loss) / :func:`optimizer_step` — one torch-SGD step of optimiser ``slot``, with an optional
-  *gradient* scale (applied before weight decay, like a backward hook) and an optional *update* mask
-  (:func:`jax_unlearn.engine.masks.masked`: masked weights stay bit-identical).
-* :func:`run_batches` — :func:`jax_unlearn.engine.train.run_steps` of a step over given batch indices of a
-  split (a partial pass, or paired splits).
+* The training vocabulary is the engine's (:mod:`jax_unlearn.engine.train`): a winner's state is a
+  :class:`~jax_unlearn.engine.train.MultiOptState` (one optimiser state per optimiser it uses; a frozen
+  reference such as the original model is never copied there: it is ``epoch``'s ``start``), its steps
+  are :func:`~jax_unlearn.engine.train.loss_step` / :func:`~jax_unlearn.engine.train.optimizer_step` (with
+  an optional *gradient* scale, applied before weight decay like a backward hook, and an optional *update*
+  mask: masked weights stay bit-identical), scanned by ``epoch_over`` or ``run_batches``. Here:
+  :func:`ce_loss` (plain CE as a state loss) and :func:`shuffled_batches` (a partial shuffled pass).
 * leaf selectors (:func:`kind_mask` over :func:`jax_unlearn.engine.masks.leaf_kinds`, :func:`leaf_mask` by
   name), :func:`standard_draws` (one RNG call for many leaves) and :func:`reset_linear` (torch's default
   re-initialisation of a layer).
@@ -34,88 +31,23 @@ see its docstring).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jax_unlearn.engine.batches import epoch_batches, steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy
-from jax_unlearn.engine.masks import leaf_kinds, masked
-from jax_unlearn.engine.train import Context, TrainState, apply_gradients, loss_and_grads, run_steps
+from jax_unlearn.engine.masks import leaf_kinds
+from jax_unlearn.engine.train import MultiOptState
 
 REF = "NeurIPS 2023 Machine Unlearning Challenge (Kaggle); port: xcadet/deepunlearn munl/unlearning/"
 
 
-class WinnerState(NamedTuple):
-    """A winner's per-seed state: the model, one optimiser state per optimiser, engine epochs done, extras."""
-    params: Any
-    batch_stats: Any
-    opt_states: tuple
-    epoch: jax.Array  # engine epochs completed
-    extra: Any = None
-
-
-def winner_state(variables, opt_states: tuple, extra=None) -> WinnerState:
-    """A :class:`WinnerState` at ``variables`` with the given optimiser states, epoch 0."""
-    return WinnerState(variables["params"], variables["batch_stats"], tuple(opt_states), jnp.zeros((), jnp.int32),
-                       extra)
-
-
-def next_epoch(state: WinnerState) -> WinnerState:
-    """``state`` with its engine-epoch counter advanced by one."""
-    return state._replace(epoch=state.epoch + 1)
-
-
-def optimizer_step(tx: optax.GradientTransformation, slot: int, state: WinnerState, grads, batch_stats, *,
-                   grad_scale=None, update_mask=None) -> WinnerState:
-    """Apply ``grads`` with optimiser ``tx`` whose state is ``state.opt_states[slot]``.
-
-    ``grad_scale`` (params-shaped, leaves broadcastable) multiplies the gradient *before* the optimiser, so
-    torch's L2 weight decay and momentum see the scaled gradient (a hook on ``weight.grad``);
-    ``update_mask`` (params-shaped bools) zeroes the *update* with :func:`jax_unlearn.engine.masks.masked`
-    (frozen weights stay bit-identical).
-    """
-    if grad_scale is not None:
-        grads = jax.tree_util.tree_map(lambda g, s: g * jnp.asarray(s, g.dtype), grads, grad_scale)
-    train = TrainState(state.params, state.batch_stats, state.opt_states[slot], state.epoch)
-    train = apply_gradients(tx if update_mask is None else masked(tx, update_mask), train, grads, batch_stats)
-    opt_states = state.opt_states[:slot] + (train.opt_state,) + state.opt_states[slot + 1:]
-    return state._replace(params=train.params, batch_stats=train.batch_stats, opt_states=opt_states)
-
-
-# loss_fn(state, logits, images, labels, mask) -> scalar; a loss that needs a teacher closes over ``start``.
-WinnerLoss = Callable[[WinnerState, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
-
-
-def ce_loss(state: WinnerState, logits, images, labels, mask):
-    """Plain batch-mean cross-entropy as a :data:`WinnerLoss` (the fine-tuning passes of most winners)."""
+def ce_loss(state: MultiOptState, logits, images, labels, mask):
+    """Plain batch-mean cross-entropy as a :data:`~jax_unlearn.engine.train.StateLoss` (the fine-tuning
+    passes of most winners)."""
     return cross_entropy(logits, labels, mask)
-
-
-def loss_step(ctx: Context, tx: optax.GradientTransformation, slot: int, loss_fn: WinnerLoss, *,
-              grad_scale: Callable | None = None, update_mask: Callable | None = None):
-    """``step(state, images, labels, mask) -> (state, loss)``: train-mode forward, backprop, one step of
-    optimiser ``slot``. ``grad_scale(state)`` / ``update_mask(state)`` give the trees of
-    :func:`optimizer_step`. Usable with :func:`jax_unlearn.engine.train.epoch_over` and :func:`run_batches`."""
-
-    def step(state: WinnerState, images, labels, mask):
-        loss, batch_stats, grads = loss_and_grads(ctx, state.params, state.batch_stats, images, mask,
-                                                  lambda logits: loss_fn(state, logits, images, labels, mask))
-        state = optimizer_step(tx, slot, state, grads, batch_stats,
-                               grad_scale=None if grad_scale is None else grad_scale(state),
-                               update_mask=None if update_mask is None else update_mask(state))
-        return state, loss
-
-    return step
-
-
-def run_batches(step_fn, state, images, labels, idx, mask, active=None):
-    """:func:`jax_unlearn.engine.train.run_steps` of ``step_fn(state, images[i], labels[i], mask)`` over the
-    rows of ``idx`` (S, B) / ``mask`` (S, B): ``(state, mean loss over real examples)``; steps where
-    ``active`` (S,) is false are skipped."""
-    return run_steps(lambda s, bidx, bmask: step_fn(s, images[bidx], labels[bidx], bmask), state, idx, mask, active)
 
 
 def shuffled_batches(key, n: int, batch_size: int, steps: int | None = None):
@@ -193,7 +125,7 @@ def retain_class_counts(labels, num_classes: int) -> jax.Array:
     return jnp.bincount(labels, length=num_classes).astype(jnp.float32)
 
 
-def half_round_trip(state: WinnerState) -> WinnerState:
+def half_round_trip(state: MultiOptState) -> MultiOptState:
     """torch ``net.to(torch.half).to(torch.float)``: every float parameter and BatchNorm statistic rounded
     to float16 (round-to-nearest-even) and back; integer buffers untouched."""
     def cast(x):

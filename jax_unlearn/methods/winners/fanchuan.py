@@ -11,10 +11,11 @@ from jax_unlearn.engine.batches import steps_per_epoch
 from jax_unlearn.engine.losses import kl_divergence
 from jax_unlearn.engine.optim import cosine_annealing_per_epoch, torch_sgd
 from jax_unlearn.engine.protocol import Method
-from jax_unlearn.engine.train import epoch_over, forward_train, run_steps, variables_of
+from jax_unlearn.engine.train import (
+    epoch_over, forward_train, loss_step, multi_opt_state, next_epoch, optimizer_step, run_batches, run_steps,
+    variables_of)
 from jax_unlearn.methods.registry import register
-from jax_unlearn.methods.winners.common import (
-    ce_loss, loss_step, next_epoch, optimizer_step, run_batches, shuffled_batches, winner_state)
+from jax_unlearn.methods.winners.common import ce_loss, shuffled_batches
 from jax_unlearn.methods.winners.common import REF as _REF
 
 
@@ -76,10 +77,10 @@ def fanchuan(ctx, *, epochs, batch_size, forget_batch_size, kl_lr, forget_lr, et
     retain_round = epoch_over(ctx, "retain", batch_size, loss_step(ctx, tx_retain, 1, ce_loss))
 
     def init(key, start_variables, data):
-        state = winner_state(start_variables, (tx_kl.init(start_variables["params"]),))
+        state = multi_opt_state(start_variables, (tx_kl.init(start_variables["params"]),))
         images, labels = data["forget"]
         state, _ = run_batches(to_uniform, state, images, labels, *shuffled_batches(key, n_f, forget_batch_size))
-        return winner_state(variables_of(state), (tx_forget.init(state.params), tx_retain.init(state.params)))
+        return multi_opt_state(variables_of(state), (tx_forget.init(state.params), tx_retain.init(state.params)))
 
     def contrastive_step(state, xf, mf, xr, mr):
         def objective(params):

@@ -13,10 +13,9 @@ from jax_unlearn.engine.batches import epoch_batches, steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import torch_sgd
 from jax_unlearn.engine.protocol import Method
-from jax_unlearn.engine.train import epoch_over, loss_and_grads, variables_of
+from jax_unlearn.engine.train import epoch_over, loss_and_grads, loss_step, multi_opt_state, next_epoch, variables_of
 from jax_unlearn.methods.registry import register
-from jax_unlearn.methods.winners.common import (
-    ce_loss, fan_out, kind_mask, loss_step, next_epoch, standard_draws, winner_state)
+from jax_unlearn.methods.winners.common import ce_loss, fan_out, kind_mask, standard_draws
 from jax_unlearn.methods.winners.common import REF as _REF
 
 
@@ -107,7 +106,7 @@ def kookmin(ctx, *, epochs, batch_size, lr, momentum, weight_decay, init_rate, k
             leaves[i] = jnp.where(chosen, math.sqrt(2.0 / fan_out(w.shape)) * z, w)  # kaiming_normal_(fan_out)
             scale[i] = jnp.where(chosen, 1.0, kept_grad_scale).astype(w.dtype)
         params = jax.tree_util.tree_unflatten(treedef, leaves)
-        return winner_state({"params": params, "batch_stats": stats}, (tx.init(params),),
+        return multi_opt_state({"params": params, "batch_stats": stats}, (tx.init(params),),
                             extra=jax.tree_util.tree_unflatten(treedef, scale))
 
     def epoch(state, key, data, start):

@@ -13,11 +13,10 @@ from jax_unlearn.engine.batches import steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy, entropy, masked_mean
 from jax_unlearn.engine.optim import torch_sgd
 from jax_unlearn.engine.protocol import Method
-from jax_unlearn.engine.train import teacher_logits, variables_of
+from jax_unlearn.engine.train import loss_step, multi_opt_state, next_epoch, run_batches, teacher_logits, variables_of
 from jax_unlearn.methods.registry import register
 from jax_unlearn.methods.winners.common import (
-    fan_in, half_round_trip, kind_mask, loss_step, next_epoch, retain_class_counts, run_batches, shuffled_batches,
-    standard_draws, winner_state)
+    fan_in, half_round_trip, kind_mask, retain_class_counts, shuffled_batches, standard_draws)
 from jax_unlearn.methods.winners.common import REF as _REF
 
 
@@ -93,7 +92,7 @@ def sebastian(ctx, *, epochs, batch_size, lr, momentum, weight_decay, prune_amou
 
     def init(key, start_variables, data):
         params = sebastian_prune(key, start_variables["params"], prune_amount)
-        return winner_state({**start_variables, "params": params}, (tx.init(params),))
+        return multi_opt_state({**start_variables, "params": params}, (tx.init(params),))
 
     def epoch(state, key, data, start):
         active = state.epoch * per_pass + jnp.arange(per_pass) < total

@@ -11,10 +11,9 @@ from jax_unlearn.engine.batches import steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy, masked_mean
 from jax_unlearn.engine.optim import cosine_annealing_per_epoch, torch_sgd
 from jax_unlearn.engine.protocol import Method
-from jax_unlearn.engine.train import epoch_over, variables_of
+from jax_unlearn.engine.train import epoch_over, loss_step, multi_opt_state, next_epoch, variables_of
 from jax_unlearn.methods.registry import register
-from jax_unlearn.methods.winners.common import (
-    kind_mask, leaf_mask, loss_step, map_selected, next_epoch, retain_class_counts, winner_state)
+from jax_unlearn.methods.winners.common import kind_mask, leaf_mask, map_selected, retain_class_counts
 from jax_unlearn.methods.winners.common import REF as _REF
 
 
@@ -73,7 +72,7 @@ def seif(ctx, *, epochs, batch_size, lr, momentum, weight_decay, start_std, fina
 
     def init(key, start_variables, data):
         params = seif_noise(key, start_variables["params"], start_std, noise_scope)
-        return winner_state({**start_variables, "params": params}, (tx.init(params),))
+        return multi_opt_state({**start_variables, "params": params}, (tx.init(params),))
 
     def epoch(state, key, data, start):
         k_train, k_noise = jax.random.split(key)

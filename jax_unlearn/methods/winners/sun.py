@@ -12,10 +12,9 @@ import optax
 
 from jax_unlearn.engine.optim import torch_sgd
 from jax_unlearn.engine.protocol import Method
-from jax_unlearn.engine.train import epoch_over, variables_of
+from jax_unlearn.engine.train import epoch_over, loss_step, multi_opt_state, next_epoch, variables_of
 from jax_unlearn.methods.registry import register
-from jax_unlearn.methods.winners.common import (
-    ce_loss, leaf_mask, loss_step, next_epoch, reset_linear, standard_draws, winner_state)
+from jax_unlearn.methods.winners.common import ce_loss, leaf_mask, reset_linear, standard_draws
 from jax_unlearn.methods.winners.common import REF as _REF
 from jax_unlearn.models import init_variables
 
@@ -81,7 +80,7 @@ def sun(ctx, *, epochs, fine_epochs, reset_epochs, lr, fine_lrs, momentum, weigh
     def init(key, start_variables, data):
         params = reset_linear(key, start_variables["params"], "fc")
         extra = SunExtra(jnp.ones((len(bn),), bool), jnp.zeros((len(bn),), bool))
-        return winner_state({**start_variables, "params": params}, (tx.init(params),), extra)
+        return multi_opt_state({**start_variables, "params": params}, (tx.init(params),), extra)
 
     def epoch(state, key, data, start):
         k_select, k_pick, k_noise, k_train = jax.random.split(key, 4)
