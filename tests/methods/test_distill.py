@@ -15,7 +15,7 @@ from jax_unlearn.engine.optim import torch_adam
 from jax_unlearn.engine.train import create_state, predict, variables_of
 from jax_unlearn.methods import METHODS as METHOD_TABLE
 from jax_unlearn.methods import build_method
-from jax_unlearn.methods import distill, noise
+from jax_unlearn.methods import distill, noise, ssd
 from jax_unlearn.models import ResNet, init_variables
 
 # XLA's CPU compile time dominates these tests; unoptimised code is fine for tiny models, and every
@@ -212,7 +212,7 @@ def test_scrub_raises_forget_kl_while_retain_ce_stays_bounded(runs, logits, star
 def test_ssd_dampens_exactly_the_selected_parameters(runs, ctx, start, dev):
     (many_vars, metrics, _), _ = runs("ssd")
     alpha, lam, bs = (HYPER["ssd"][k] for k in ("alpha", "lam", "batch_size"))
-    imp = jax.jit(lambda x, y: distill.importances(ctx, start, x, y, bs), compiler_options=FAST)
+    imp = jax.jit(lambda x, y: ssd.importances(ctx, start, x, y, bs), compiler_options=FAST)
     g, f = imp(*dev["train"]), imp(*dev["forget"])
     after = _lane(many_vars["params"], 0)
     n_selected = n_total = 0
