@@ -11,7 +11,12 @@ step under its own time budget, in order of value:
    for the ``gemm``, ``xla`` and ``gemm-body`` lowerings, each beside its own single model at batch 4096;
 4. ``unlearn``: ``benchmarks/unlearn_vs_pytorch.py``, 512 Kaggle-baseline runs on a 28k-image retain set by
    jax-unlearn (64 lanes, ``gemm``, bf16; run first) against PyTorch eager (8 runs timed, extrapolated to
-   512 and flagged so): the 512-runs-under-60-s target, and the accuracy of bf16 runs against fp32 torch.
+   512 and flagged so): the 512-runs-under-60-s target, and the accuracy of bf16 runs against fp32 torch;
+5. ``leaderboard`` (not in the default call: a lease of its own, ``--only leaderboard``): ``jax-unlearn
+   leaderboard --preset gpu-short`` — the leaderboard's whole protocol (original, disjoint tuning and
+   scoring retrain populations, successive-halving tuning, fresh-seed scoring with bootstrap intervals) on
+   ResNet-18 with reduced data, N = 32 and two methods; its tables (not its run folders, gigabytes of
+   weights) are copied into the results. Resumable: the same call continues a study cut short.
 
 A step that overruns its budget is stopped (its whole process group) and the next one starts; what it
 measured is kept, since ``throughput.py`` rewrites its outputs after every point, ``unlearn_vs_pytorch.py``
@@ -26,8 +31,8 @@ On the device (its python3 has jax, flax, optax, torch, pytest; nothing installe
 
     python3 benchmarks/gpu_check.py --out "$OUT"      # with carry=["data/fashion-mnist"], timeout_s=600
 
-``--dry-run`` prints the plan; ``--only throughput,unlearn`` runs some steps; ``--budget S`` scales every
-step's budget to a total of S seconds.
+``--dry-run`` prints the plan; ``--only throughput,unlearn`` runs some steps (``--only leaderboard`` the
+leaderboard step, in a call of its own); ``--budget S`` scales every step's budget to a total of S seconds.
 """
 from __future__ import annotations
 
@@ -48,17 +53,23 @@ if __package__ in (None, ""):  # python benchmarks/gpu_check.py
 from benchmarks import common, throughput  # noqa: E402
 
 THROUGHPUT_OUT, UNLEARN_OUT = "throughput_64x64_bf16", "unlearn_vs_pytorch_512_gemm_bf16"  # in --results
+LEADERBOARD_OUT = "leaderboard_gpu_short"  # in --results: the study's tables; its run folders stay beside it
+LEADERBOARD_FILES = ("LEADERBOARD.md", "leaderboard.csv", "tuning.csv", "leaderboard.png", "config.json")
 RETRAIN_EPOCHS = 30  # the official recipe (methods/finetune.py: retrain)
 DATA_DIRS = ("data/fashion-mnist", "/usr/share/datasets/fashion-mnist", "data/usr/share/datasets/fashion-mnist")
 
 
 class Step(NamedTuple):
-    """One command of the plan: ``name``, its time budget in seconds, argv, and extra environment."""
+    """One command of the plan: ``name``, its time budget in seconds, argv, extra environment, whether a
+    call without ``--only`` runs it, and a folder whose :data:`LEADERBOARD_FILES` are copied into the
+    results after it (``collect``: ``(source, destination)``)."""
 
     name: str
     budget_s: float
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    default: bool = True
+    collect: tuple[Path, Path] | None = None
 
 
 def find_data_dir(candidates=DATA_DIRS) -> str | None:
@@ -70,8 +81,8 @@ def find_data_dir(candidates=DATA_DIRS) -> str | None:
 
 
 def plan(res: Path, data_dir: str | None) -> list[Step]:
-    """The steps, in order of value, writing into ``res``; budgets sum to 520 s (a 600 s command, with room
-    to bundle)."""
+    """The steps, in order of value, writing into ``res``; the default steps' budgets sum to 520 s (a 600 s
+    command, with room to bundle), and so does the leaderboard's alone."""
     py = sys.executable
     data = ("--data-dir", data_dir) if data_dir else ()
     env_probe = ("import jax, torch; print('jax', jax.__version__, jax.devices()); "
@@ -87,6 +98,9 @@ def plan(res: Path, data_dir: str | None) -> list[Step]:
                               "--backends", "jax,eager", "--eager-runs", "8", "--max-train", "31111",
                               "--original-epochs", "5", "--conv", "gemm", "--dtype", "bfloat16", *data,
                               "--out", str(res / UNLEARN_OUT))),
+        Step("leaderboard", 520, (py, "-m", "jax_unlearn.cli.main", "leaderboard", "--preset", "gpu-short",
+                                  "--out", str(res.parent / f"{res.name}_{LEADERBOARD_OUT}"), *data),
+             default=False, collect=(res.parent / f"{res.name}_{LEADERBOARD_OUT}", res / LEADERBOARD_OUT)),
     ]
 
 
@@ -138,6 +152,19 @@ def bundle(res: Path, out: Path) -> Path:
     return atomic_write(out / "results.tgz", write)
 
 
+def collect(step: Step) -> None:
+    """Copy the step's :data:`LEADERBOARD_FILES` that exist from its ``collect`` source into its destination."""
+    import shutil
+
+    if step.collect is None:
+        return
+    source, destination = step.collect
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in LEADERBOARD_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, destination / name)
+
+
 def _load(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -176,6 +203,15 @@ def summary(res: Path, records: list[dict]) -> str:
                          f"batch 64) at this run's {jax_b['img_per_s']:,.0f} img/s take {retrain_s / 60:.1f} min; "
                          f"with the 512 unlearning runs {(retrain_s + jax_b['wall_for_R_incl_compile_s']) / 60:.1f}"
                          f" min before scoring (target: < 40 min in all).")
+    board = res / LEADERBOARD_OUT / "leaderboard.csv"
+    if board.is_file():
+        import pandas as pd
+
+        table = pd.read_csv(board)
+        cols = [c for c in ("method", "final_score", "score_lo", "score_hi", "forgetting_quality", "test_acc",
+                            "fraction_of_retrain") if c in table]
+        lines += ["", "## Leaderboard, preset gpu-short (ResNet-18, reduced data; LEADERBOARD.md in results.tgz)",
+                  "", common.markdown_table(cols, table[cols].values.tolist())]
     return "\n".join(lines) + "\n"
 
 
@@ -202,6 +238,8 @@ def main(argv=None) -> list[dict]:
         if unknown:
             raise SystemExit(f"gpu_check: unknown steps {unknown}; valid: {names}")
         steps = [s for s in steps if s.name in wanted]
+    else:
+        steps = [s for s in steps if s.default]
     if args.budget:
         scale = args.budget / sum(s.budget_s for s in steps)
         steps = [s._replace(budget_s=s.budget_s * scale) for s in steps]
@@ -217,6 +255,7 @@ def main(argv=None) -> list[dict]:
             # A step that ends early lends its unused seconds to the later ones.
             remaining = deadline - time.monotonic() - sum(t.budget_s for t in steps[len(records) + 1:])
             records.append(run_step(s, log, max(remaining, s.budget_s * 0.5)))
+            collect(s)
             common.write_json(res / "gpu_check.json", {"records": records, "command": sys.argv})
             bundle(res, out)
     text = summary(res, records)

@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common, gpu_check, throughput  # noqa: E402
 from benchmarks import unlearn_vs_pytorch as uvp  # noqa: E402
+from jax_unlearn.cli.main import build_parser  # noqa: E402
+from jax_unlearn.leaderboard.presets import PRESETS  # noqa: E402
 
 TINY_UNLEARN = ["--data", "synthetic", "--image-size", "16", "--max-train", "36", "--max-eval", "16",
                 "--runs", "2", "--lanes", "2", "--procs", "2", "--original-epochs", "0", "--device", "cpu"]
@@ -212,9 +215,11 @@ def test_unlearn_vs_pytorch_jax_gemm_lane_mapped_trains_models_as_accurate_as_to
 
 def test_gpu_check_plan_parses_with_the_scripts_own_parsers_and_fits_a_600s_command(tmp_path):
     steps = gpu_check.plan(tmp_path, "/data/fmnist")
-    assert [s.name for s in steps] == ["env", "parity", "throughput", "unlearn"]
-    assert sum(s.budget_s for s in steps) <= 540
+    assert [s.name for s in steps] == ["env", "parity", "throughput", "unlearn", "leaderboard"]
+    assert [s.name for s in steps if s.default] == ["env", "parity", "throughput", "unlearn"]
+    assert sum(s.budget_s for s in steps if s.default) <= 540
     by_name = {s.name: s for s in steps}
+    assert by_name["leaderboard"].budget_s <= 540  # a call of its own
     tp = throughput.parse_args(list(by_name["throughput"].argv[2:]))
     assert (tp.lanes, tp.batch, tp.dtypes, tp.conv) == ([64], [64], ["bfloat16"], ["gemm", "xla", "gemm-body"])
     assert Path(tp.out) == tmp_path / gpu_check.THROUGHPUT_OUT  # where summary() looks
@@ -223,8 +228,23 @@ def test_gpu_check_plan_parses_with_the_scripts_own_parsers_and_fits_a_600s_comm
         512, 64, ("jax", "eager"), "bfloat16", "gemm", "/data/fmnist")
     assert Path(un.out) == tmp_path / gpu_check.UNLEARN_OUT
     assert ("JAX_DEFAULT_MATMUL_PRECISION", "highest") in by_name["parity"].env
+    board = by_name["leaderboard"].argv
+    assert board[1:4] == ("-m", "jax_unlearn.cli.main", "leaderboard")
+    parser, _ = build_parser()
+    lb = parser.parse_args(list(board[3:]))
+    assert (lb.preset, lb.data_dir) == ("gpu-short", "/data/fmnist")
+    source, destination = by_name["leaderboard"].collect
+    assert Path(lb.out) == source and not source.is_relative_to(tmp_path)  # run folders stay out of the bundle
+    assert destination == tmp_path / gpu_check.LEADERBOARD_OUT
     with pytest.raises(SystemExit, match="unknown steps"):
         gpu_check.main(["--only", "env,nope", "--dry-run"])
+
+
+def test_gpu_short_preset_is_resnet18_with_the_full_protocol_on_reduced_data():
+    preset = PRESETS["gpu-short"]
+    assert preset.arch is None and preset.recipe.get("lr") is None  # ResNet-18, the official recipe's rate
+    assert preset.rounds >= 2 and preset.n >= 32 and preset.n_tuning >= 32 and preset.bootstrap >= 100
+    assert preset.max_train is not None and preset.methods and "finetune" in preset.methods
 
 
 def test_gpu_check_stops_an_overrunning_step_keeps_going_and_bundles_after_each(tmp_path, monkeypatch):
@@ -282,3 +302,19 @@ def test_gpu_check_summary_reads_the_headline_figures(tmp_path):
     # 512 * 30 * 28000 / 400k img/s = 1075.2 s; + 56 s for the unlearning runs.
     assert "Projected, not measured: 512 retrains (30 epochs × 28,000 images, batch 64) at this run's 400,000 " \
            "img/s take 17.9 min; with the 512 unlearning runs 18.9 min" in text
+
+
+
+def test_gpu_check_collects_the_leaderboard_tables_not_its_run_folders(tmp_path):
+    source, res = tmp_path / "study", tmp_path / "res"
+    (source / "finetune" / "chunks").mkdir(parents=True)
+    (source / "finetune" / "chunks" / "weights.bin").write_bytes(b"0" * 64)
+    (source / "LEADERBOARD.md").write_text("# table\n")
+    pd.DataFrame({"method": ["retrain", "finetune"], "final_score": [0.2, 0.1], "score_lo": [0.1, 0.05],
+                  "score_hi": [0.3, 0.15], "forgetting_quality": [0.9, 0.4], "test_acc": [0.85, 0.86],
+                  "fraction_of_retrain": [1.0, 0.05]}).to_csv(source / "leaderboard.csv", index=False)
+    step = gpu_check.Step("leaderboard", 1, ("true",), collect=(source, res / gpu_check.LEADERBOARD_OUT))
+    gpu_check.collect(step)
+    assert sorted(p.name for p in (res / gpu_check.LEADERBOARD_OUT).iterdir()) == ["LEADERBOARD.md", "leaderboard.csv"]
+    text = gpu_check.summary(res, [{"step": "leaderboard", "rc": 0, "seconds": 500.0, "timed_out": False}])
+    assert "## Leaderboard, preset gpu-short" in text and "| finetune | 0.1 | 0.05 | 0.15 | 0.4 | 0.86 | 0.05 |" in text

@@ -4,7 +4,9 @@ A :class:`Preset` is the whole size of a ``jax-unlearn leaderboard`` study; the 
 :mod:`jax_unlearn.leaderboard.study` (and docs/LEADERBOARD.md). ``ci`` is tiny (a 4-wide two-stage ResNet on a
 few hundred Fashion-MNIST images, finetune only: about 5 CPU-minutes, mostly compiling its programs);
 ``cpu`` is sized for a 2-core CPU machine (every method, estimated from ``ci``'s measured costs); ``gpu``
-is the competition's own scale (ResNet-18, full Fashion-MNIST, N = 512).
+is the competition's own scale (ResNet-18, full Fashion-MNIST, N = 512); ``gpu-short`` is the same protocol
+on ResNet-18 with reduced data, N and methods, sized for one short device lease (``benchmarks/gpu_check.py
+--only leaderboard``).
 """
 from __future__ import annotations
 
@@ -66,6 +68,13 @@ PRESETS: dict[str, Preset] = {
                   original_epochs=8, recipe={"epochs": 8, "lr": 3e-3, "batch_size": 32},
                   arch={"stage_sizes": [1, 1], "width": 4}, chunk_size=8),
     "gpu": Preset("gpu", n=512, n_tuning=128, budget=2048, rounds=3, bootstrap=200),
+    # One 10-minute device command, estimated (no GPU has run it yet) from the measured orientation figures
+    # of a naive 64-lane vmap, ~100k img/s: 3 × 32 retrains × 8 epochs × ~7k retain images ≈ 5.4M images
+    # (~55 s), the original, two methods' tuning and scoring (~1M images), plus ~10 compiles of ResNet-18
+    # programs. Resumable: a call cut short is continued by the same command.
+    "gpu-short": Preset("gpu-short", n=32, n_tuning=32, budget=128, rounds=2, bootstrap=100,
+                        methods=("finetune", "seif"), max_train=8000, max_eval=2000, original_epochs=8,
+                        recipe={"epochs": 8}),
 }
 
 
