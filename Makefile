@@ -30,8 +30,10 @@ data:
 	  mkdir -p data && cd data && apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb . ; \
 	fi
 
+# Two workers, whole files each (module fixtures compile once); override e.g. PYTEST_ARGS='-n 0'.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: install data
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
 
 demo: install data
 	@if [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then d=$(FASHION_MNIST_DIR); else d=$(LOCAL_DATA); fi; \

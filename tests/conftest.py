@@ -12,8 +12,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 # One persistent XLA compilation cache for the whole test session, fresh each session (so a timing of the
 # suite never depends on an earlier run), shared with the subprocesses the CLI and multi-host tests start
 # (they inherit the environment). Many tests build the same small program through different Python
-# closures; without the cache each one recompiles it (tens of seconds each on a 2-core CPU).
-_CACHE = tempfile.mkdtemp(prefix="jax-unlearn-test-xla-cache-")
+# closures; without the cache each one recompiles it (tens of seconds each on a CPU).
+# Under pytest-xdist the controller makes the folder and its workers (which inherit the environment) share
+# it; only the process that made it removes it.
+_SHARED = "JAX_UNLEARN_TEST_XLA_CACHE"
+_OWNER = _SHARED not in os.environ
+if _OWNER:
+    os.environ[_SHARED] = tempfile.mkdtemp(prefix="jax-unlearn-test-xla-cache-")
+_CACHE = os.environ[_SHARED]
+if "PYTEST_XDIST_WORKER" in os.environ:  # several test processes on one GPU: none may take 75% of its memory
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 if "jax" in sys.modules:  # imported before this file (a plugin): configure it directly
@@ -22,7 +30,8 @@ if "jax" in sys.modules:  # imported before this file (a plugin): configure it d
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    if _OWNER:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def _has_gpu() -> bool:

@@ -8,8 +8,7 @@ Two set-ups, one check (same start weights, same batch order, same partial last 
 * **float64, from random weights, random BN statistics and random labels** — pins every rule (momentum,
   L2, schedule, batch order, partial last batch, BN statistics and counters) to torch's with no rounding.
 
-Why float32 needs the trained start (measured on CPU, 2026-12-01, JAX float32 vs JAX float64 after the
-same steps): from torchvision's random init on random labels, single-step results agree to 3.5e-6 of
+Why float32 needs the trained start (JAX float32 against JAX float64 after the same steps, on CPU): from torchvision's random init on random labels, single-step results agree to 3.5e-6 of
 the movement, but after 5 steps BN biases (which start at 0) differ by 3.7e-2 of their movement and
 after 20 by ~80 %; the same comparison from the pre-trained start agrees to 2e-7 after 5 steps. Random
 init on random labels is an ill-conditioned problem that amplifies float32 rounding — of either

@@ -1,5 +1,6 @@
 """jax-unlearn leaderboard: bad input refused before any model runs, the bootstrap and the compile clock,
-the budget split, and (slow) the whole protocol end to end on a tiny model, resumed and refused."""
+the budget split, and (slow) the whole protocol end to end — the ``ci`` preset on the CLI, as CI runs it —
+resumed and refused."""
 import dataclasses
 import json
 from pathlib import Path
@@ -138,73 +139,65 @@ def test_compile_clock_counts_compilation_apart():
     assert first.compile > 0 and again.compile == 0 and 0 <= first.run <= first.wall
 
 
-# -- the protocol end to end (compiles ~8 programs: minutes on a loaded CPU) ---------------------------------
+# -- the protocol end to end: what CI runs, `jax-unlearn leaderboard --preset ci` on the offline
+# Fashion-MNIST (about 15 compiled programs of a 4-wide ResNet: minutes on a CPU), once for all the checks --
+CI = PRESETS["ci"]
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lb") / "study"
-    return out, leaderboard(out, _data(), preset=TINY, model=_model(), command="test", log=lambda s: None)
-
-
-@pytest.mark.slow
-def test_table_has_every_row_sorted_with_intervals_and_the_files(study):
-    out, table = study
-    assert set(table["method"]) == {"original", "retrain", "finetune (untuned)", "finetune"}
-    assert list(table["final_score"]) == sorted(table["final_score"], reverse=True)
-    assert (table["score_lo"] <= table["score_hi"]).all() and (table["f_lo"] <= table["f_hi"]).all()
-    score = table.set_index("method")["final_score"]
-    assert score["retrain"] > score["original"]
-    csv = pd.read_csv(out / "leaderboard.csv")
-    assert list(csv["method"]) == list(table["method"]) and "note_small_n" in csv
-    tried = pd.read_csv(out / "tuning.csv")
-    assert set(tried["round"]) == {0, 1} and {"lr", "epochs", "score", "seeds"} <= set(tried)
-    assert (tried.groupby("round")["seeds"].first() == [2, 4]).all()
-    text = (out / "LEADERBOARD.md").read_text()
-    for needle in ("| 1 |", "Budget", "B = 20", "Command", "`test`", "Small N", "Versions", "N** = 4"):
-        assert needle in text
-    assert (out / "leaderboard.png").stat().st_size > 0
-    row = json.loads((out / "methods" / "finetune" / "result.json").read_text())
-    assert row["tuning_lane_epochs"] <= TINY.budget * 1.5 and row["seconds_per_run"] > 0
-
-
-@pytest.mark.slow
-def test_rerun_recomputes_nothing_and_another_config_is_refused(study):
-    out, table = study
-    stamp = (out / "methods" / "finetune" / "result.json").stat().st_mtime_ns
-    with CompileClock() as clock:
-        again = leaderboard(out, _data(), preset=TINY, model=_model(), command="test", log=lambda s: None)
-    assert (out / "methods" / "finetune" / "result.json").stat().st_mtime_ns == stamp
-    pd.testing.assert_frame_equal(again, table)
-    assert clock.wall < 60  # evaluation programs only: no model is trained again
-    with pytest.raises(RunFolderError, match="holds another leaderboard .*preset"):
-        leaderboard(out, _data(), preset=dataclasses.replace(TINY, bootstrap=30), model=_model())
-
-
-@pytest.mark.slow
-def test_scoring_seeds_are_fresh(study):
-    out, _ = study
-    tuning = {RunFolder(p).config["base_seed"] for p in (out / "methods" / "finetune").glob("round_*") if p.is_dir()}
-    scoring = RunFolder(out / "methods" / "finetune" / "scoring").config["base_seed"]
-    retrained = RunFolder(out / "references" / "retrained").config
-    assert scoring not in tuning and retrained["base_seed"] not in tuning | {scoring}
-    assert retrained["n_seeds"] == 2 * TINY.n + TINY.n_tuning  # three disjoint blocks of one seed stream
-
-
-@pytest.mark.slow
-def test_ci_preset_end_to_end_on_the_cli(tmp_path):
-    """What CI runs: `jax-unlearn leaderboard --preset ci` on the offline Fashion-MNIST (about 15 compiled
-    programs of a 4-wide ResNet: minutes on a shared 2-core CPU)."""
     from jax_unlearn.cli.main import main
     from jax_unlearn.data import DEFAULT_FASHION_MNIST_DIR
 
     if not Path(DEFAULT_FASHION_MNIST_DIR).is_dir():
         pytest.skip(f"Fashion-MNIST not installed at {DEFAULT_FASHION_MNIST_DIR}")
-    out = tmp_path / "ci"
-    assert main(["leaderboard", "--out", str(out), "--preset", "ci"]) == 0
-    table = pd.read_csv(out / "leaderboard.csv")
+    out = tmp_path_factory.mktemp("lb") / "ci"
+    argv = ["leaderboard", "--out", str(out), "--preset", "ci"]
+    assert main(argv) == 0
+    return out, argv, pd.read_csv(out / "leaderboard.csv")
+
+
+@pytest.mark.slow
+def test_ci_table_has_every_row_sorted_with_intervals_and_the_files(study):
+    out, _, table = study
     assert set(table["method"]) == {"original", "retrain", "finetune (untuned)", "finetune"}
     assert list(table["final_score"]) == sorted(table["final_score"], reverse=True)
+    assert (table["score_lo"] <= table["score_hi"]).all() and (table["f_lo"] <= table["f_hi"]).all()
     score = table.set_index("method")["final_score"]
     assert score["retrain"] > score["original"]
+    assert "note_small_n" in table
+    tried = pd.read_csv(out / "tuning.csv")
+    assert set(tried["round"]) == {0, 1} and {"lr", "epochs", "score", "seeds"} <= set(tried)
+    assert (tried.groupby("round")["seeds"].first() == [CI.seeds0, CI.seeds0 * CI.eta]).all()
     text = (out / "LEADERBOARD.md").read_text()
-    assert "preset `ci`" in text and "small ResNet" in text and "--preset ci" in text
-    assert len(pd.read_csv(out / "tuning.csv")) >= 2
+    for needle in ("| 1 |", "Budget", f"B = {CI.bootstrap}", "Command", "--preset ci", "Small N", "Versions",
+                   f"N** = {CI.n}", "preset `ci`", "small ResNet"):
+        assert needle in text
+    assert (out / "leaderboard.png").stat().st_size > 0
+    row = json.loads((out / "methods" / "finetune" / "result.json").read_text())
+    assert row["tuning_lane_epochs"] <= CI.budget * 1.5 and row["seconds_per_run"] > 0
+
+
+@pytest.mark.slow
+def test_rerun_recomputes_nothing_and_another_config_is_refused(study):
+    from jax_unlearn.cli.main import main
+
+    out, argv, table = study
+    stamp = (out / "methods" / "finetune" / "result.json").stat().st_mtime_ns
+    with CompileClock() as clock:
+        assert main(argv) == 0
+    assert (out / "methods" / "finetune" / "result.json").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), table)
+    assert clock.wall < 60  # data loading and evaluation programs only: no model is trained again
+    with pytest.raises(RunFolderError, match="holds another leaderboard .*preset"):
+        leaderboard(out, _data(), preset=dataclasses.replace(CI, bootstrap=30), model=_model())
+
+
+@pytest.mark.slow
+def test_scoring_seeds_are_fresh(study):
+    out, _, _ = study
+    tuning = {RunFolder(p).config["base_seed"] for p in (out / "methods" / "finetune").glob("round_*") if p.is_dir()}
+    scoring = RunFolder(out / "methods" / "finetune" / "scoring").config["base_seed"]
+    retrained = RunFolder(out / "references" / "retrained").config
+    assert scoring not in tuning and retrained["base_seed"] not in tuning | {scoring}
+    assert retrained["n_seeds"] == 2 * CI.n + CI.n_tuning  # three disjoint blocks of one seed stream
