@@ -11,6 +11,9 @@ A method is a small factory ``factory(ctx, **hyper) -> Method`` (like ``optax.ad
   parameters as arguments).
 * ``variables(state) -> {'params', 'batch_stats'}``.
 * ``num_epochs`` — how many times the engine calls ``epoch``.
+* ``frozen`` (optional) — ``frozen(state) -> params-shaped bool tree`` from the state ``init`` returns:
+  the weights a masked method's updates never touch (True = frozen; they must stay bit-identical to
+  ``variables(init state)`` through the whole run). None: no fixed update mask.
 
 All randomness comes from the keys handed in; anything that may differ per seed is an array argument.
 The registry of factories is :mod:`jax_unlearn.methods.registry`.
@@ -27,3 +30,4 @@ class Method(NamedTuple):
     epoch: Callable
     variables: Callable
     num_epochs: int
+    frozen: Callable | None = None

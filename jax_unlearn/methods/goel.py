@@ -142,7 +142,8 @@ def _last_k(ctx: Context, *, reinit: bool, epochs, batch_size, k, lr, lr_decay_r
         return AnchoredState(create_state(variables, tx), params)
 
     return Method(init, epoch_over(ctx, "retain", batch_size, step, augment=reinit),
-                  lambda s: variables_of(s.train), epochs)
+                  lambda s: variables_of(s.train), epochs,
+                  frozen=lambda s: jax.tree_util.tree_map(jnp.logical_not, last_blocks_mask(s.train.params, k)))
 
 
 _DEFAULTS = dict(epochs=10, batch_size=256, k=1, lr=0.01, lr_decay_rate=0.1, l2_to_start=0.1)

@@ -229,7 +229,8 @@ def _random_label_method(ctx: Context, *, epochs, batch_size, lr, momentum, weig
         state, retain = retain_pass(state, k_retain, data)
         return state, {"loss": retain["loss"], "forget_loss": forget["loss"]}
 
-    return Method(init, epoch, lambda s: variables_of(s.train), epochs)
+    frozen = None if fraction is None else (lambda s: jax.tree_util.tree_map(jnp.logical_not, s.mask))
+    return Method(init, epoch, lambda s: variables_of(s.train), epochs, frozen)
 
 
 @register("random-label", "per epoch: the forget set with uniformly random labels, then the retain set",

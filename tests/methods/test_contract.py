@@ -1,8 +1,8 @@
 """The method contract, for every method in the registry (present and future: the parameters are
 ``METHODS`` itself): two seeds vmapped have finite metrics and weights, differ from each other, and lane i
-equals a run of seed i alone; the declared search space and the other float hyper-parameters of
-:data:`TRACED` trace as per-lane values. Method-specific behaviour (masked methods' frozen weights bit for
-bit included) lives in the per-family test files.
+equals a run of seed i alone, the weights a masked method declares frozen (``Method.frozen``) end bit for
+bit as they began; the declared search space and the other float hyper-parameters of :data:`TRACED` trace
+as per-lane values. Method-specific behaviour lives in the per-family test files.
 
 Hyper-parameters: the registered defaults with the small overrides of the acceptance tool's tables
 (``tests/tools/method_outputs.py`` ``TINY``; a new method gets ``TINY_DEFAULT``). Programs compile with
@@ -70,6 +70,17 @@ def test_method_contract(setup, name):
         np.testing.assert_array_equal(lanes[0], lanes[1])
     else:
         assert not np.array_equal(lanes[0], lanes[1]), "two seeds gave the same model"
+
+    if method.frozen is not None:  # a fixed update mask: those weights never move, in any lane
+        for i in range(2):
+            k_init = jax.random.split(keys[i])[0]  # make_run's init key
+            began = jax.device_get(_compiled(method.init, k_init, start, data)(k_init, start, data))
+            frozen = jax.tree_util.tree_leaves(jax.device_get(method.frozen(began)))
+            before = jax.tree_util.tree_leaves(method.variables(began)["params"])
+            after = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, i=i: a[i], variables)["params"])
+            assert any(np.any(f) for f in frozen) and not all(np.all(f) for f in frozen)
+            for b, a, f in zip(before, after, frozen):
+                np.testing.assert_array_equal(np.where(f, a, 0), np.where(f, b, 0))
 
     single = _compiled(run, keys[0], start, data)
     origin = _flat(start)
