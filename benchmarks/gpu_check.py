@@ -85,6 +85,7 @@ def plan(res: Path, data_dir: str | None) -> list[Step]:
     command, with room to bundle), and so does the leaderboard's alone."""
     py = sys.executable
     data = ("--data-dir", data_dir) if data_dir else ()
+    study = res.parent / f"{res.name}_{LEADERBOARD_OUT}"  # beside the results: its run folders are not bundled
     env_probe = ("import jax, torch; print('jax', jax.__version__, jax.devices()); "
                  "print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())")
     return [
@@ -99,8 +100,8 @@ def plan(res: Path, data_dir: str | None) -> list[Step]:
                               "--original-epochs", "5", "--conv", "gemm", "--dtype", "bfloat16", *data,
                               "--out", str(res / UNLEARN_OUT))),
         Step("leaderboard", 520, (py, "-m", "jax_unlearn.cli.main", "leaderboard", "--preset", "gpu-short",
-                                  "--out", str(res.parent / f"{res.name}_{LEADERBOARD_OUT}"), *data),
-             default=False, collect=(res.parent / f"{res.name}_{LEADERBOARD_OUT}", res / LEADERBOARD_OUT)),
+                                  "--out", str(study), *data),
+             default=False, collect=(study, res / LEADERBOARD_OUT)),
     ]
 
 
