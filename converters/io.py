@@ -213,14 +213,49 @@ def _named(path, fn, *args):
         raise CheckpointError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 
-def load_model_variables(path: str | os.PathLike, num_classes: int | None = None) -> dict[str, Any]:
+def load_model_variables(path: str | os.PathLike, num_classes: int | None = None,
+                         arch: Mapping | None = None) -> dict[str, Any]:
     """A ResNet-18 start model as Flax variables, from ``.pth`` or ``.msgpack`` / orbax, checked the same
     way whatever the format: exactly ResNet-18's entries and shapes, ``num_classes`` classes (when
-    given), real finite weights. Raises :class:`CheckpointError` naming the file and the entry."""
+    given), real finite weights. Raises :class:`CheckpointError` naming the file and the entry.
+
+    ``arch`` (a smaller ResNet, ``{'stage_sizes', 'width'}`` as :func:`jax_unlearn.models.parse_arch`
+    returns; needs ``num_classes``): only Flax checkpoints load, since a ``.pth`` holds a torchvision
+    ResNet-18, checked entry by entry against that model's own shapes."""
+    if arch is not None:
+        return _named(path, _load_small, path, num_classes, arch)
     if is_torch_path(path):
         return _named(path, torch_to_flax, load_torch_checkpoint(path), num_classes)
     variables = load_flax_variables(path)
     _named(path, check_flax_variables, variables, num_classes)
+    return variables
+
+
+def _load_small(path, num_classes: int, arch: Mapping) -> dict[str, Any]:
+    """:func:`load_model_variables` for a smaller ResNet: the file's entries, shapes and values checked
+    against ``make_model(num_classes, arch=arch)``'s initial variables."""
+    from jax_unlearn.models import arch_name, init_variables, make_model  # converters stays importable alone
+
+    name = arch_name(dict(arch))
+    if is_torch_path(path):
+        raise CheckpointError(f"a .pth file holds a torchvision ResNet-18, not the {name} model; give its Flax "
+                              f"checkpoint (.msgpack, e.g. from train-original --arch {name})")
+    variables = load_flax_variables(path)
+    model = make_model(num_classes, arch=dict(arch))
+    expected = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    have = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(variables)}
+    missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    if missing or extra:
+        raise CheckpointError(f"not a {name} model of {num_classes} classes: missing {missing[:10]}, "
+                              f"unexpected {extra[:10]}")
+    for key, shape in want.items():
+        value = np.asarray(have[key])
+        if value.shape != tuple(shape):
+            raise CheckpointError(f"{key} has shape {value.shape}; the {name} model of {num_classes} classes "
+                                  f"needs {tuple(shape)}")
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise CheckpointError(f"{key} holds NaN/inf values: the model is broken (diverged or corrupt)")
     return variables
 
 

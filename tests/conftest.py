@@ -22,6 +22,9 @@ if _OWNER:
 _CACHE = os.environ[_SHARED]
 if "PYTEST_XDIST_WORKER" in os.environ:  # several test processes on one GPU: none may take 75% of its memory
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    # One OpenMP thread for torch per worker: with a worker per core, torch's spinning OpenMP threads and the
+    # other worker's XLA threads oversubscribe the cores (a torch-heavy test ran 2-3x slower beside another).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 if "jax" in sys.modules:  # imported before this file (a plugin): configure it directly

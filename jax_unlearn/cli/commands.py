@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jax_unlearn.cli.args import (check_output, class_ids as _class_ids, fraction as _fraction,
                                   parse_set as _hyper, positive as _positive, seed as _seed)
+from jax_unlearn.cli.model import arch_arg, build_model as _model, load_start, model_args as _model_args
 
 DATASETS = ("fashion-mnist", "idx", "kaggle", "cifar10")
 
@@ -84,27 +85,6 @@ def _set_arg(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=help)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    """--dtype and --conv: the compute dtype and the conv lowering of the model (see :func:`_model`)."""
-    from jax_unlearn.models import CONV_CHOICES
-
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    p.add_argument("--conv", choices=CONV_CHOICES, default="auto",
-                   help="how convolutions are lowered (the same function and weights either way): 'auto' picks "
-                        "the fastest measured on this platform (gemm on CPU, xla on GPU); XLA's convolution; "
-                        "im2col + GEMM everywhere; im2col + GEMM except the stem")
-
-
-def _model(args, num_classes: int):
-    """The ResNet-18 of ``--dtype`` / ``--conv``, its resolved lowering printed. Runs record the resolved
-    lowering in ``config.json["conv"]``: a folder is resumed only with the same one."""
-    from jax_unlearn.models import lowering_of, make_model
-
-    model = make_model(num_classes, dtype=args.dtype, conv=args.conv)
-    print(f"conv lowering: {lowering_of(model)}" + (" (auto)" if args.conv == "auto" else ""))
-    return model
-
-
 def _device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
 
@@ -130,13 +110,6 @@ def _run_config(args):
     from jax_unlearn.engine.run import RunConfig
 
     return RunConfig(track=not args.no_track, track_max=args.track_max, snapshot_every=args.snapshot_every)
-
-
-def _load_variables(path: str, num_classes: int):
-    """The start model, checked alike for .pth and .msgpack (keys, shapes, classes, finite weights)."""
-    from converters import load_model_variables
-
-    return load_model_variables(path, num_classes)
 
 
 def _methods_args(p):
@@ -169,26 +142,34 @@ def _methods(args) -> int:
 
 
 def _train_original_args(p):
-    p.add_argument("--out", required=True, help="output .pth (a .msgpack is written beside it)")
+    p.add_argument("--out", required=True, help="output .pth (a .msgpack is written beside it); with a smaller "
+                   "--arch, the .msgpack only")
     p.add_argument("--epochs", type=_positive, default=30, help="training epochs")
     p.add_argument("--seed", type=_seed, default=10_000, help="the model's seed (kept apart from run seeds)")
+    arch_arg(p)
     _device_arg(p)
     _data_args(p)
 
 
 def _train_original(args) -> int:
-    """Train the original model on retain ∪ forget with the official recipe; write .pth + .msgpack."""
+    """Train the original model on retain ∪ forget with the official recipe; write .pth + .msgpack (a smaller
+    ``--arch``: the .msgpack only, which ``unlearn --arch`` takes as ``--original``)."""
+    out = Path(args.out)
+    wanted = ".pth" if args.arch is None else ".msgpack"
+    if out.suffix != wanted:
+        raise ValueError(f"--out must end in {wanted}" + ("" if args.arch is None else " (a smaller --arch is not a "
+                         "torchvision ResNet-18, so no .pth)") + f", got {out}")
+    check_output(out)  # before training, not after
     select_device(args.device)
     from converters import flax_to_torch, save_flax_variables, save_torch_checkpoint
     from jax_unlearn.jobs.populations import train_original
+    from jax_unlearn.models import make_model
 
-    out = Path(args.out)
-    if out.suffix != ".pth":
-        raise ValueError(f"--out must end in .pth, got {out}")
-    check_output(out)  # before training, not after
     data = load_data(args)
-    variables, metrics = train_original(data, seed=args.seed, epochs=args.epochs)
-    save_torch_checkpoint(flax_to_torch(variables), out)
+    model = None if args.arch is None else make_model(data.num_classes, arch=args.arch)
+    variables, metrics = train_original(data, seed=args.seed, epochs=args.epochs, model=model)
+    if args.arch is None:
+        save_torch_checkpoint(flax_to_torch(variables), out)
     save_flax_variables(variables, out.with_suffix(".msgpack"))
     print(f"wrote {out}; final retain acc {float(metrics['retain_acc'][-1]):.4f}, "
           f"validation acc {float(metrics['validation_acc'][-1]):.4f}")
@@ -212,7 +193,7 @@ def _unlearn(args) -> int:
     from jax_unlearn.jobs.populations import run_population
 
     data = load_data(args)
-    start = _load_variables(args.original, data.num_classes)
+    start = load_start(args.original, data.num_classes, args)
     folder = run_population(args.out, args.method, data, start_variables=start, n_seeds=args.n_seeds,
                             base_seed=args.base_seed, chunk_size=args.chunk_size, hyper=hyper,
                             run_config=_run_config(args), dtype=args.dtype,
@@ -299,7 +280,7 @@ def _demo_args(p):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-train", type=_positive, default=None, help="default: 768 on CPU, all on GPU")
     p.add_argument("--max-eval", type=_positive, default=None, help="default: 256 on CPU, all on GPU")
-    _model_args(p)
+    _model_args(p, with_arch=False)  # the demo exports .pth files: ResNet-18 only
     _device_arg(p)
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 from converters import atomic_write, flax_to_torch, save_torch_checkpoint
 from converters.resnet18 import nonfinite_keys
 from jax_unlearn.engine.hosts import is_primary
+from jax_unlearn.models import arch_name
 
 
 class RunFolderError(ValueError):
@@ -321,9 +322,13 @@ def export_pth(run: RunFolder, out_dir: str | os.PathLike, *, n: int | None = No
     only when every model was written; a refusal or an error leaves ``out_dir`` as it was. Checkpoints
     ``{prefix}{j}.pth`` of an earlier, larger export (``j >= n``) are removed, so the folder holds exactly
     this export. Models with NaN/inf weights are refused (:class:`NonFiniteError`, naming the seeds)
-    unless ``allow_nonfinite``. Identical models give byte-identical ``.pth`` files and zip.
+    unless ``allow_nonfinite``, and so is a run of a smaller ResNet (``config.json["arch"]``). Identical
+    models give byte-identical ``.pth`` files and zip.
     """
     config = run.config
+    if config.get("arch") is not None:  # flax_to_torch writes torchvision's ResNet-18 layout only
+        raise RunFolderError(f"{run.path} holds {arch_name(config['arch'])} models, not ResNet-18: a .pth "
+                             f"submission holds torchvision ResNet-18s; nothing exported")
     n_run = config["n_seeds"]
     n = n_run if n is None else n
     if n != n_run:

@@ -34,7 +34,7 @@ import pandas as pd
 from converters import atomic_write
 from jax_unlearn.data.types import SPLITS, UnlearningData
 from jax_unlearn.engine.run import context_for, device_data
-from jax_unlearn.models import make_model
+from jax_unlearn.models import architecture, make_model
 from jax_unlearn.methods.sisa import DEFAULTS, Shards, check_hyper, shard_logits, sisa
 from jax_unlearn.jobs.folders import RunFolder, write_json
 
@@ -162,6 +162,8 @@ def run_sisa(out: str | os.PathLike, data: UnlearningData, *, num_shards: int, s
     fns = sisa(ctx, num_shards=num_shards, **hyper)
     config = {"job": "sisa", "num_shards": num_shards, "seed": seed, "hyper": hyper, "num_classes": data.num_classes,
               "stem": stem, "dtype": dtype, "data": dict(data.description), **(extra_config or {})}
+    if architecture(model) is not None:  # a smaller ResNet: a resume must build the same one
+        config["arch"] = architecture(model)
     folder = RunFolder(out)
     folder.start(config, {**data.description, "sizes": data.sizes()})
     dev = device_data(data)

@@ -82,6 +82,38 @@ def architecture(model: nn.Module) -> dict | None:
     return {"stage_sizes": list(stage_sizes), "width": int(width)}
 
 
+RESNET18 = "resnet18"
+
+
+def parse_arch(spec: str) -> dict | None:
+    """The architecture a ``--arch`` value names: ``'resnet18'`` -> None (torchvision's ResNet-18, the
+    competition's model); ``'resnet:S1,S2,...:W'`` -> ``{'stage_sizes': [S1, ...], 'width': W}``, a smaller
+    ResNet of BasicBlocks (``Si`` blocks in stage ``i``, ``W`` channels in the first stage, doubling per
+    stage), e.g. ``'resnet:1,1:8'`` for runs that check a pipeline in seconds on a CPU. Such models cannot be
+    exported as torchvision ``.pth`` files. ValueError for anything else."""
+    if spec == RESNET18:
+        return None
+    parts = spec.split(":")
+    try:
+        if len(parts) != 3 or parts[0] != "resnet":
+            raise ValueError
+        stages, width = [int(s) for s in parts[1].split(",")], int(parts[2])
+    except ValueError:
+        raise ValueError(f"unknown architecture {spec!r}; valid: {RESNET18}, or resnet:STAGES:WIDTH such as "
+                         f"resnet:1,1:8 (BasicBlocks per stage, first-stage width)") from None
+    if not 1 <= len(stages) <= 4 or min(stages) < 1 or width < 1:
+        raise ValueError(f"architecture {spec!r}: 1 to 4 stages of >= 1 block each and a width >= 1")
+    arch = {"stage_sizes": stages, "width": width}
+    return None if (tuple(stages), width) == ((2, 2, 2, 2), 64) else arch
+
+
+def arch_name(arch: dict | None) -> str:
+    """The :func:`parse_arch` spelling of a recorded architecture (None: ``'resnet18'``)."""
+    if arch is None:
+        return RESNET18
+    return f"resnet:{','.join(str(s) for s in arch['stage_sizes'])}:{arch['width']}"
+
+
 def make_model(num_classes: int, stem: str = "imagenet", dtype: str = "float32", conv: str = "auto",
                arch: dict | None = None):
     """torchvision's ResNet-18 (:data:`~jax_unlearn.models.resnet.ResNet18`) for ``num_classes`` classes.

@@ -1,7 +1,9 @@
 """The command line: convert, clear errors for bad input, a sweep evaluated end to end, the SISA job.
 
-The end-to-end tests run real ResNet-18s (what the commands build) on a tiny IDX data set written in the
-real format (48 training images, 16 validation and test images): one compilation per command dominates.
+The end-to-end tests run the commands on a tiny IDX data set written in the real format (48 training
+images, 16 validation and test images) with a small ResNet (``--arch resnet:1,1:8``): one compilation per
+command dominates, and a ResNet-18's takes minutes on a CPU. The ResNet-18 default goes through the same
+code (tests/cli/test_bad_input.py and the export tests run ResNet-18 folders end to end).
 """
 import argparse
 import json
@@ -19,13 +21,15 @@ from jax_unlearn.cli.commands import _data_args, load_data
 from jax_unlearn.data.types import SPLITS
 from jax_unlearn.engine.run import context_for
 from jax_unlearn.evaluation.report import population_outputs
-from jax_unlearn.models import make_model
+from jax_unlearn.models import make_model, parse_arch
 from jax_unlearn.methods.sisa import aggregate_probs
 from jax_unlearn.metrics import final_score, forgetting_quality
 from jax_unlearn.jobs.folders import RunFolder
 from torch_reference import random_torch_resnet18
 
 TINY = ["--dataset", "idx", "--max-train", "48", "--max-eval", "16"]
+SMALL = "resnet:1,1:8"
+ARCH = ["--arch", SMALL]
 
 
 def test_convert_round_trip_via_cli(tmp_path, capsys):
@@ -63,11 +67,11 @@ def test_methods_lists_every_method_of_the_library(capsys, markdown):
 
 @pytest.mark.parametrize("conv", ["xla", "gemm", "gemm-body", "auto"])
 def test_conv_flag_picks_the_lowering(conv, capsys):
-    from jax_unlearn.cli.commands import _model_args, _model
+    from jax_unlearn.cli.model import build_model, model_args
 
     p = argparse.ArgumentParser()
-    _model_args(p)
-    model = _model(p.parse_args(["--conv", conv, "--dtype", "bfloat16"]), 10)
+    model_args(p)
+    model = build_model(p.parse_args(["--conv", conv, "--dtype", "bfloat16"]), 10)
     assert (model.conv_impl, model.stem_conv_impl, model.dtype) == {  # auto: gemm on this CPU
         "xla": ("xla", None), "gemm": ("gemm", None), "gemm-body": ("gemm", "xla"), "auto": ("gemm", None),
     }[conv] + (jnp.bfloat16,)
@@ -87,6 +91,24 @@ def test_every_command_that_trains_takes_dtype_and_conv(command):
     dests = {a.dest: a for a in p._actions}
     assert dests["conv"].choices == ("auto", "xla", "gemm", "gemm-body") and dests["conv"].default == "auto"
     assert dests["dtype"].default == "float32"
+    assert ("arch" in dests) == (command != "demo")  # the demo exports .pth files: ResNet-18 only
+    if command != "demo":
+        assert dests["arch"].default is None  # ResNet-18
+
+
+def test_arch_flag_builds_the_named_resnet_and_refuses_nonsense(capsys):
+    from jax_unlearn.cli.model import build_model, model_args
+
+    p = argparse.ArgumentParser()
+    model_args(p)
+    model = build_model(p.parse_args(["--arch", SMALL]), 10)
+    assert (model.stage_sizes, model.width, model.num_classes) == ((1, 1), 8, 10)
+    assert f"model: {SMALL}" in capsys.readouterr().out
+    assert build_model(p.parse_args([]), 10).stage_sizes == (2, 2, 2, 2)
+    for bad in ("resnet50", "resnet:1,1", "resnet:0,1:8", "resnet:1,1:x", "resnet:1,1,1,1,1:8"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--arch", bad])
+        assert "--arch" in capsys.readouterr().err
 
 
 def test_nonsense_values_fail_clearly(tmp_path, capsys):
@@ -116,15 +138,39 @@ def _data(flags):
 
 @pytest.fixture(scope="module")
 def sweep_runs(tmp_path_factory, idx_dir):
-    """``unlearn`` with lr=[0.001, 0.1] (4 seeds per setting, one program) and ``retrain`` (4 seeds)."""
+    """``train-original --arch`` (1 epoch), then ``unlearn`` from it with lr=[0.001, 0.1] (4 seeds per
+    setting, one program) and ``retrain`` (4 seeds), all of the small ResNet."""
     tmp = tmp_path_factory.mktemp("sweep")
-    torch.save(random_torch_resnet18(0).state_dict(), tmp / "original.pth")
     flags = [*TINY, "--data-dir", str(idx_dir)]
-    common = ["--n-seeds", "4", "--no-track", "--set", "batch_size=16", *flags]
-    assert main(["unlearn", "--original", str(tmp / "original.pth"), "--out", str(tmp / "sweep"),
+    assert main(["train-original", "--out", str(tmp / "original.msgpack"), "--epochs", "1", *ARCH, *flags]) == 0
+    common = ["--n-seeds", "4", "--no-track", "--set", "batch_size=16", *ARCH, *flags]
+    assert main(["unlearn", "--original", str(tmp / "original.msgpack"), "--out", str(tmp / "sweep"),
                  "--set", "lr=[0.001,0.1]", *common]) == 0
     assert main(["retrain", "--out", str(tmp / "retrain"), "--set", "epochs=1", *common]) == 0
     return tmp, flags
+
+
+def test_a_smaller_arch_is_recorded_loads_only_its_own_checkpoints_and_is_not_exported(sweep_runs, tmp_path,
+                                                                                      capsys):
+    tmp, flags = sweep_runs
+    for name in ("sweep", "retrain"):
+        assert RunFolder(tmp / name).config["arch"] == parse_arch(SMALL)
+    assert not (tmp / "original.pth").exists()  # a torchvision .pth holds a ResNet-18 only
+    capsys.readouterr()
+    assert main(["export", str(tmp / "retrain"), str(tmp_path / "export")]) == 2
+    assert "holds resnet:1,1:8 models, not ResNet-18" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()
+    torch.save(random_torch_resnet18(0).state_dict(), tmp_path / "o.pth")
+    run = ["unlearn", "--out", str(tmp_path / "run"), "--n-seeds", "2", *flags]
+    assert main([*run, "--original", str(tmp_path / "o.pth"), *ARCH]) == 2  # a ResNet-18 .pth for the small model
+    assert "holds a torchvision ResNet-18, not the resnet:1,1:8 model" in capsys.readouterr().err
+    assert main([*run, "--original", str(tmp / "original.msgpack"), "--arch", "resnet:1,1:4"]) == 2
+    assert "has shape (8,); the resnet:1,1:4 model of 10 classes needs (4,)" in capsys.readouterr().err
+    assert main([*run, "--original", str(tmp / "original.msgpack")]) == 2  # ResNet-18 from a small checkpoint
+    assert "original.msgpack" in capsys.readouterr().err
+    assert main(["train-original", "--out", str(tmp_path / "o2.pth"), *ARCH, *flags]) == 2
+    assert "--out must end in .msgpack" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "o2.pth").exists()
 
 
 def test_evaluate_scores_every_setting_of_a_sweep_and_marks_the_best(sweep_runs, capsys):
@@ -174,7 +220,7 @@ def test_evaluate_refuses_folders_that_do_not_fit(sweep_runs, capsys):
 
 
 SISA = ["sisa", "--shards", "8", "--set", "epochs=1", "--set", "batch_size=8", "--set", "lr=0.05",
-        "--set", "momentum=0.9"]
+        "--set", "momentum=0.9", *ARCH]
 
 
 def test_sisa_retrains_exactly_the_affected_shards_and_saves_the_ensembles(tmp_path, idx_dir, capsys):
@@ -197,8 +243,9 @@ def test_sisa_retrains_exactly_the_affected_shards_and_saves_the_ensembles(tmp_p
     for s in range(8):
         same = all(np.array_equal(a, b) for a, b in zip(leaves(original, s), leaves(unlearned, s)))
         assert same == (not holds[s])
-    # The saved ensembles (mean softmax of 8 ResNet-18s) reproduce the reported accuracies.
-    ctx = context_for(data, make_model(data.num_classes))
+    assert folder.config["arch"] == parse_arch(SMALL)
+    # The saved ensembles (mean softmax of the 8 shard models) reproduce the reported accuracies.
+    ctx = context_for(data, make_model(data.num_classes, arch=parse_arch(SMALL)))
     images = np.concatenate([data.split(s).images for s in SPLITS])
     predict = jax.jit(lambda models, x: jnp.argmax(aggregate_probs(ctx, models, x), -1))
     bounds = np.cumsum([0] + [len(data.split(s)) for s in SPLITS])

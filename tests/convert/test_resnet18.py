@@ -190,6 +190,31 @@ def test_flax_start_models_are_checked_like_pth(tmp_path):
         converters.load_model_variables(path)
 
 
+def test_smaller_resnets_load_only_from_flax_files_checked_against_their_own_shapes(tmp_path):
+    from jax_unlearn.models import init_variables, make_model
+
+    small = {"stage_sizes": [1, 1], "width": 8}
+    variables = jax.tree_util.tree_map(np.array, init_variables(make_model(7, arch=small), jax.random.key(0)))
+    path = converters.save_flax_variables(variables, tmp_path / "s.msgpack")
+    loaded = converters.load_model_variables(path, 7, arch=small)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, loaded, variables))
+    with pytest.raises(CheckpointError, match=r"s\.msgpack: \['params'\]\['fc'\]\['bias'\] has shape \(7,\); "
+                                              r"the resnet:1,1:8 model of 10 classes needs \(10,\)"):
+        converters.load_model_variables(path, 10, arch=small)
+    with pytest.raises(CheckpointError, match=r"not a resnet:1,2:8 model of 7 classes: missing \[.*layer2_1"):
+        converters.load_model_variables(path, 7, arch={"stage_sizes": [1, 2], "width": 8})
+    with pytest.raises(CheckpointError, match=r"params/conv1/kernel: shape \(7, 7, 3, 8\) does not fit ResNet-18"):
+        converters.load_model_variables(path, 7)  # the ResNet-18 check refuses a small model
+    torch.save(random_torch_resnet18(0, num_classes=7).state_dict(), tmp_path / "r.pth")
+    with pytest.raises(CheckpointError, match=r"r\.pth: a \.pth file holds a torchvision ResNet-18, not the "
+                                              r"resnet:1,1:8 model"):
+        converters.load_model_variables(tmp_path / "r.pth", 7, arch=small)
+    variables["params"]["conv1"]["kernel"][0, 0, 0, 0] = np.inf
+    path = converters.save_flax_variables(variables, tmp_path / "bad.msgpack")
+    with pytest.raises(CheckpointError, match=r"\['params'\]\['conv1'\]\['kernel'\] holds NaN/inf"):
+        converters.load_model_variables(path, 7, arch=small)
+
+
 def test_saved_pth_bytes_depend_on_contents_only(tmp_path):
     sd = random_torch_resnet18(13).state_dict()
     a = converters.save_torch_checkpoint(sd, tmp_path / "a.pth")

@@ -103,7 +103,7 @@ def test_export_writes_n_pth_files_and_a_zip_of_exactly_n(tmp_path, tiny_data):
     from jax_unlearn.models import make_model
 
     model = make_model(tiny_data.num_classes)  # export needs the real ResNet-18 layout
-    start = init_variables(model, jax.random.key(0))
+    start = jax.jit(lambda key: init_variables(model, key))(jax.random.key(0))  # eager: op by op, slow
     folder = run_population(tmp_path / "run", "finetune", tiny_data, start_variables=start, n_seeds=2,
                             hyper={"epochs": 1, "batch_size": 32}, model=model, chunk_size=2, progress=False,
                             run_config=RunConfig(track=False, snapshot_every=1))

@@ -2,7 +2,8 @@
 ``METHODS`` itself): two seeds vmapped have finite metrics and weights, differ from each other, and lane i
 equals a run of seed i alone, the weights a masked method declares frozen (``Method.frozen``) end bit for
 bit as they began; the declared search space and the other float hyper-parameters of :data:`TRACED` trace
-as per-lane values. Method-specific behaviour lives in the per-family test files.
+as per-lane values through the sweep planner. Method-specific behaviour lives in the per-family test files
+(the search-space table's own checks: tests/methods/test_spaces.py).
 
 Hyper-parameters: the registered defaults with the small overrides of the acceptance tool's tables
 (``tests/tools/method_outputs.py`` ``TINY``; a new method gets ``TINY_DEFAULT``). Programs compile with
@@ -10,11 +11,11 @@ XLA's backend optimisations off: compile time dominates on a CPU, and both sides
 compile the same way.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
+from jax_unlearn.jobs.sweep import plan_settings
 from jax_unlearn.methods import METHODS, build_method
 from jax_unlearn.methods.registry import search_space
 from jax_unlearn.models import init_variables
@@ -113,17 +114,22 @@ TRACED = {
 
 @pytest.mark.parametrize("name", NAMES)
 def test_declared_hyper_parameters_trace_per_lane(setup, name):
-    """Two lanes, each with its own traced value of every name, at the registered (tiny) values: traced
-    with ``jax.eval_shape``, never compiled."""
+    """Two settings as two lanes of one program, through the sweep planner a leaderboard round uses: the
+    declared search space drawn from (its epochs at their least and most), the other :data:`TRACED` names at
+    the registered (tiny) values. Traced with ``jax.eval_shape``, never compiled."""
     ctx, data, start = setup
     overrides = {k: v for k, v in TINY.get(name, TINY_DEFAULT).items() if k in METHODS[name].defaults}
     values = {**METHODS[name].defaults, **overrides}
-    names = sorted({*search_space(name).names(), *TRACED.get(name, ())})
-    lanes = {k: jnp.full((2,), values[k], jnp.int32 if k == "epochs" else jnp.float32) for k in names}
-
-    def first_epoch(key, hyper):
-        method = build_method(name, ctx, **{**overrides, **hyper})
-        return method.epoch(method.init(key, start, data), key, data, start)[1]
-
-    metrics = jax.eval_shape(jax.vmap(first_epoch), seed_keys(0, np.arange(2)), lanes)
-    assert metrics and all(m.shape == (2,) for m in metrics.values())
+    space = search_space(name)
+    settings = space.sample(2, np.random.default_rng(0))
+    if space.epochs:
+        settings["epochs"] = [min(space.epochs), max(space.epochs)]
+    settings.update({k: [values[k]] * 2 for k in TRACED.get(name, ()) if k not in settings})
+    static = {k: v for k, v in overrides.items() if k not in settings}
+    plan = plan_settings(name, ctx, settings, static, 1)
+    run = make_run(ctx, plan.build, CONFIG)
+    out = jax.eval_shape(jax.vmap(run, in_axes=(0, None, None, 0)), seed_keys(0, np.arange(2)), start, data,
+                         plan.lane_hyper)
+    assert sorted(plan.lane_hyper) == sorted(settings)
+    leaves = jax.tree_util.tree_leaves(out)
+    assert leaves and all(leaf.shape[0] == 2 for leaf in leaves)

@@ -242,7 +242,7 @@ def _lanes(seed, size=32, n=8, dtype=jnp.float32):
     """Three lanes of tiny-ResNet variables (different weights), images and labels."""
     model = ResNet(**TINY)
     keys = jax.random.split(jax.random.key(seed), 3)
-    variables = jax.vmap(lambda k: init_variables(model, k, size))(keys)
+    variables = jax.jit(jax.vmap(lambda k: init_variables(model, k, size)))(keys)  # eager: op by op, slow
     variables = jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                                        variables)
     rng = np.random.default_rng(seed)

@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jax_unlearn.models import (AUTO_LOWERING, CONV_CHOICES, CONV_LOWERINGS, ResNet, architecture, lowering_of,
-                                make_model, resolve_conv)
+from jax_unlearn.models import (AUTO_LOWERING, CONV_CHOICES, CONV_LOWERINGS, ResNet, arch_name, architecture,
+                                lowering_of, make_model, parse_arch, resolve_conv)
 
 
 def test_auto_resolves_per_platform_from_one_table():
@@ -46,3 +46,17 @@ def test_architecture_round_trips_a_smaller_resnet():
     x = jnp.zeros((1, 32, 32, 3))
     assert jax.tree_util.tree_structure(rebuilt.init(jax.random.key(0), x)) == jax.tree_util.tree_structure(
         tiny.init(jax.random.key(0), x))
+
+
+def test_parse_arch_names_resnet18_or_a_smaller_resnet_and_round_trips():
+    assert parse_arch("resnet18") is None and parse_arch("resnet:2,2,2,2:64") is None  # ResNet-18 either way
+    assert parse_arch("resnet:1,1:8") == {"stage_sizes": [1, 1], "width": 8}
+    for spec in ("resnet18", "resnet:1,1:8", "resnet:1,2,1:16"):
+        assert arch_name(parse_arch(spec)) == spec
+    assert architecture(make_model(10, arch=parse_arch("resnet:1,1:8"))) == parse_arch("resnet:1,1:8")
+    for bad in ("resnet34", "resnet:1,1", "resnet:a:8", "resnet::8", "vgg:1:8"):
+        with pytest.raises(ValueError, match="valid: resnet18, or resnet:STAGES:WIDTH"):
+            parse_arch(bad)
+    for bad in ("resnet:0,1:8", "resnet:1,1:0", "resnet:1,1,1,1,1:8"):
+        with pytest.raises(ValueError, match="1 to 4 stages"):
+            parse_arch(bad)
