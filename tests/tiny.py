@@ -1,10 +1,11 @@
 """The tiny synthetic data set the engine and method tests share (and ``tests/conftest.py``'s fixtures):
 4 classes, 45 retain / 10 forget / 12 validation / 12 test 32×32 RGB images with a learnable signal in the
 red channel (``40 × label``), drawn from a seeded NumPy Generator."""
+import jax
 import numpy as np
 
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
-from jax_unlearn.models import ResNet
+from jax_unlearn.models import ResNet, init_variables
 
 TINY_MODEL = ResNet(stage_sizes=(1, 1), num_classes=4, width=4)  # compiles in seconds
 
@@ -23,3 +24,15 @@ def tiny_data(seed: int = 0) -> UnlearningData:
         test=synthetic_split(rng, 12), num_classes=4,
         normalization=Normalization(scale=1 / 255, mean=(0.5,) * 3, std=(0.25,) * 3),
         description={"source": "synthetic"})
+
+
+def quick_init(model, key, image_size: int = 32):
+    """``init_variables(model, key)`` compiled with XLA's backend optimisations off. Its threefry and
+    initialiser code takes ~10 s to compile at the default level on a 2-core CPU and ~2 s without (eager, op
+    by op, is slower still). The values are a valid torchvision-style init but may differ in the last bit
+    from another compilation of it, so both sides of a comparison must start from the same call. A batch of
+    keys (shape ``(n,)``) gives ``n`` models stacked on a leading axis."""
+    init = lambda k: init_variables(model, k, image_size)  # noqa: E731
+    compiled = jax.jit(jax.vmap(init) if key.shape else init).lower(key).compile(
+        {"xla_backend_optimization_level": 0})
+    return compiled(key)

@@ -11,16 +11,16 @@ import torch
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
 from jax_unlearn.jobs.populations import run_population
 from jax_unlearn.methods import build_method
-from jax_unlearn.models import init_variables
 from jax_unlearn.jobs.folders import RunFolderError, export_pth
-from trees import max_rel  # tests/ is on sys.path (tests/conftest.py)
+from tiny import quick_init  # tests/ is on sys.path (tests/conftest.py)
+from trees import max_rel
 
 HYPER = {"epochs": 2, "batch_size": 16, "lr": 0.05}
 
 
 @pytest.fixture(scope="module")
 def start(tiny_model):
-    return init_variables(tiny_model, jax.random.key(42))
+    return quick_init(tiny_model, jax.random.key(42))
 
 
 
@@ -103,7 +103,7 @@ def test_export_writes_n_pth_files_and_a_zip_of_exactly_n(tmp_path, tiny_data):
     from jax_unlearn.models import make_model
 
     model = make_model(tiny_data.num_classes)  # export needs the real ResNet-18 layout
-    start = jax.jit(lambda key: init_variables(model, key))(jax.random.key(0))  # eager: op by op, slow
+    start = quick_init(model, jax.random.key(0))
     folder = run_population(tmp_path / "run", "finetune", tiny_data, start_variables=start, n_seeds=2,
                             hyper={"epochs": 1, "batch_size": 32}, model=model, chunk_size=2, progress=False,
                             run_config=RunConfig(track=False, snapshot_every=1))

@@ -18,7 +18,7 @@ from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.jobs.sweep import plan_settings
 from jax_unlearn.methods import METHODS, build_method
 from jax_unlearn.methods.registry import search_space
-from jax_unlearn.models import init_variables
+from tiny import quick_init
 from tools.method_outputs import COMPILE_OPTIONS, TINY, TINY_DEFAULT  # tests/ is on sys.path
 
 NAMES = sorted(METHODS)
@@ -36,7 +36,7 @@ REL_TOL = 1e-3
 @pytest.fixture(scope="module")
 def setup(tiny_data, tiny_model):
     ctx = context_for(tiny_data, tiny_model)
-    start = jax.jit(lambda key: init_variables(tiny_model, key))(jax.random.key(42))
+    start = quick_init(tiny_model, jax.random.key(42))
     return ctx, device_data(tiny_data), start
 
 

@@ -10,7 +10,8 @@ import optax
 import pytest
 from flax import linen as nn
 
-from jax_unlearn.models import CONV_IMPLS, Conv, ResNet, ResNet18, conv_gemm, init_variables
+from jax_unlearn.models import CONV_IMPLS, Conv, ResNet, ResNet18, conv_gemm
+from tiny import quick_init  # tests/ is on sys.path
 from torch_reference import rel_err
 
 # (H, Cin, Cout, k, stride, padding): every conv ResNet-18 has at 32×32 input, plus edge cases.
@@ -173,11 +174,6 @@ def _assert_trees_close(a, b, tol):
     return worst
 
 
-def _init(model, key, size=32):
-    """``init_variables`` jitted: eager init of a ResNet compiles op by op (tens of seconds on a small CPU)."""
-    return jax.jit(lambda k: init_variables(model, k, size))(key)
-
-
 def _random_stats(variables, seed):
     """BN statistics away from 0/1, so eval mode exercises them."""
     rng = np.random.default_rng(seed)
@@ -200,7 +196,7 @@ def test_tiny_resnet_gemm_equals_xla_forward_and_sgd_step(stem, size, stem_impl,
     with jax.enable_x64(dtype == "float64"):
         models = {impl: ResNet(**TINY, stem=stem, dtype=jnp.dtype(dtype), conv_impl=impl,
                                stem_conv_impl=stem_impl if impl == "gemm" else None) for impl in CONV_IMPLS}
-        variables = {impl: _init(m, jax.random.key(4), size) for impl, m in models.items()}
+        variables = {impl: quick_init(m, jax.random.key(4), size) for impl, m in models.items()}
         _assert_trees_close(variables["gemm"], variables["xla"], 0.0)  # same tree, same initial values
         v = jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                                    _random_stats(variables["xla"], 5))
@@ -220,7 +216,7 @@ def test_resnet18_gemm_equals_xla_forward_and_sgd_step_float32():
     in float64: 5e-13 apart) — rounding amplified, not a difference between the impls. At N = 16: 7e-6.
     """
     models = {impl: ResNet18(num_classes=10, conv_impl=impl) for impl in CONV_IMPLS}
-    variables = _random_stats(_init(models["xla"], jax.random.key(7)), 8)
+    variables = _random_stats(quick_init(models["xla"], jax.random.key(7)), 8)
     rng = np.random.default_rng(9)
     x = jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, 16))
@@ -242,7 +238,7 @@ def _lanes(seed, size=32, n=8, dtype=jnp.float32):
     """Three lanes of tiny-ResNet variables (different weights), images and labels."""
     model = ResNet(**TINY)
     keys = jax.random.split(jax.random.key(seed), 3)
-    variables = jax.jit(jax.vmap(lambda k: init_variables(model, k, size)))(keys)  # eager: op by op, slow
+    variables = quick_init(model, keys, size)
     variables = jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                                        variables)
     rng = np.random.default_rng(seed)
