@@ -7,5 +7,5 @@ from jax_unlearn.models.factory import (AUTO_LOWERING, CONV_CHOICES, CONV_LOWERI
 from jax_unlearn.models.resnet import BasicBlock, ResNet, ResNet18, init_variables
 
 __all__ = ["AUTO_LOWERING", "BatchNorm", "BasicBlock", "CONV_CHOICES", "CONV_IMPLS", "CONV_LOWERINGS", "Conv",
-           "RESNET18", "ResNet", "ResNet18", "arch_name", "architecture", "conv_gemm", "conv_spec", "init_variables", "lowering_of",
-           "make_model", "parse_arch", "resolve_conv"]
+           "RESNET18", "ResNet", "ResNet18", "arch_name", "architecture", "conv_gemm", "conv_spec",
+           "init_variables", "lowering_of", "make_model", "parse_arch", "resolve_conv"]

@@ -73,11 +73,15 @@ def lowering_of(model: nn.Module) -> str:
     return f"{conv_impl}+stem-{stem}"
 
 
+_RESNET18_SHAPE = ((2, 2, 2, 2), 64)  # ResNet-18's (stage_sizes, width): nothing to record
+
+
 def architecture(model: nn.Module) -> dict | None:
     """What a run folder records to rebuild ``model`` when it is not ResNet-18 (``{'stage_sizes', 'width'}``
     of a smaller :class:`~jax_unlearn.models.resnet.ResNet`, e.g. the tests' tiny ones); None for ResNet-18."""
-    stage_sizes, width = tuple(getattr(model, "stage_sizes", (2, 2, 2, 2))), getattr(model, "width", 64)
-    if (stage_sizes, width) == ((2, 2, 2, 2), 64):
+    stage_sizes = tuple(getattr(model, "stage_sizes", _RESNET18_SHAPE[0]))
+    width = getattr(model, "width", _RESNET18_SHAPE[1])
+    if (stage_sizes, width) == _RESNET18_SHAPE:
         return None
     return {"stage_sizes": list(stage_sizes), "width": int(width)}
 
@@ -104,7 +108,7 @@ def parse_arch(spec: str) -> dict | None:
     if not 1 <= len(stages) <= 4 or min(stages) < 1 or width < 1:
         raise ValueError(f"architecture {spec!r}: 1 to 4 stages of >= 1 block each and a width >= 1")
     arch = {"stage_sizes": stages, "width": width}
-    return None if (tuple(stages), width) == ((2, 2, 2, 2), 64) else arch
+    return None if (tuple(stages), width) == _RESNET18_SHAPE else arch
 
 
 def arch_name(arch: dict | None) -> str:

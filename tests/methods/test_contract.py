@@ -131,5 +131,6 @@ def test_declared_hyper_parameters_trace_per_lane(setup, name):
     out = jax.eval_shape(jax.vmap(run, in_axes=(0, None, None, 0)), seed_keys(0, np.arange(2)), start, data,
                          plan.lane_hyper)
     assert sorted(plan.lane_hyper) == sorted(settings)
+    assert all(np.isfinite(np.asarray(v, np.float64)).all() for v in plan.lane_hyper.values())
     leaves = jax.tree_util.tree_leaves(out)
     assert leaves and all(leaf.shape[0] == 2 for leaf in leaves)
