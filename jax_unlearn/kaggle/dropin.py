@@ -76,8 +76,9 @@ def unlearning_many(net: torch.nn.Module, retain_loader: Iterable, forget_loader
 
     Seed ``i`` (the ``i``-th state dict) uses key ``fold_in(key(base_seed), i)``; with ``base_seed=0`` it
     equals ``unlearning(..., seed=i)`` (up to float32 summation order, ~1e-6 relative). Seeds run
-    ``chunk_size`` at a time in one compiled ``jit(vmap(run))`` (default: from free accelerator memory, 8 on
-    CPU); the next chunk is computed while the caller consumes this one, and at most two chunks are alive.
+    ``chunk_size`` at a time in one compiled ``jit(vmap(run))`` (default: from free accelerator memory; one
+    on CPU, see :func:`_default_chunk`); the next chunk is computed while the caller consumes this one, and
+    at most two chunks are alive.
 
     ``net`` must hold the model to unlearn (load ``original_model.pth`` into it first); it is not modified.
     Loaders are read, the checkpoint converted and the arguments checked when this is called (arguments as
@@ -94,8 +95,17 @@ def unlearning_many(net: torch.nn.Module, retain_loader: Iterable, forget_loader
     start, config = _start_variables(_unwrap(net), allow_untrained)
     data, key = _prepare(method, hyper, (retain_loader, forget_loader, validation_loader), config, conv, dtype)
     _, many = _runners(*key)
-    chunk = min(chunk_size or default_chunk_size(n), n)
+    chunk = min(chunk_size or _default_chunk(n), n)
     return _stream(many, start, data, n, base_seed, chunk)
+
+
+def _default_chunk(n: int) -> int:
+    """Lanes per chunk when the caller gives none: one on CPU, else from free accelerator memory
+    (:func:`jax_unlearn.engine.run.default_chunk_size`). On a CPU one model's step already uses every core,
+    so lanes buy no parallelism, while an 8-lane program takes twice as long to compile as a 1-lane one
+    (ResNet-18, the notebook's finetune: 21.5 s against 11.1 s on the 2-core machine; the notebook loop of
+    8 checkpoints took 41.8 s with one lane a chunk against 47.8 s with eight, benchmarks/RESULTS.md)."""
+    return 1 if jax.devices()[0].platform == "cpu" else default_chunk_size(n)
 
 
 def clear_caches() -> None:

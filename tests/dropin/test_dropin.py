@@ -67,6 +67,16 @@ def test_unlearning_many_streams_seeds_equal_to_single_runs(original):
         assert update_rel(states[i], single, before) <= 1e-4, i  # measured ~1e-6: summation order only
 
 
+def test_unlearning_many_runs_one_lane_a_chunk_on_cpu_unless_told(original, monkeypatch):
+    """On a CPU lanes buy no parallelism and a one-lane program compiles in half the time: the default
+    chunk there is one lane; an explicit ``chunk_size`` still wins."""
+    chunks = []
+    monkeypatch.setattr(dropin, "_stream", lambda many, start, data, n, base_seed, chunk: chunks.append(chunk))
+    for chunk_size in (None, 2):
+        unlearning_many(original, *loaders(KaggleStyle), 3, chunk_size=chunk_size, **HYPER)
+    assert chunks == [1, 2]
+
+
 def test_one_full_batch_step_matches_the_kaggle_torch_baseline(original):
     """End to end through the loaders and converters: with the whole retain set as one batch the order of
     examples cannot matter, so ``finetune`` must take the notebook's torch step (SGD 1e-3, CE, train-mode
