@@ -37,9 +37,12 @@ as a Python loop of ``jit(step)`` or as a fully unrolled scan, and ~0.7 CPU-s in
 No XLA CPU flag changes this (thunk runtime off, XNNPACK/oneDNN flags, Eigen threading, the
 concurrency-optimised scheduler: all measured, none helps); only a loop-free program (``unroll`` = the
 trip count, impractical for an epoch of ResNet-18 steps) avoids it. The GEMM lowering has no convolution
-op at all, so it is immune, which is why ``conv='auto'`` resolves to ``'gemm'`` on CPU. A fix for
-``'xla'`` itself would be a ``custom_vjp`` that writes both backward convs in NHWC/HWIO form (the
-transposes the pass would have inserted), not attempted here.
+op at all, so it is immune, which is why ``conv='auto'`` resolves to ``'gemm'`` on CPU. A ``custom_vjp``
+that writes both backward convs in NHWC/HWIO form (the transposes the pass would have inserted) was tried
+and not adopted: its convs do stay fast inside the loop on maps of 4×4 and more (below that XLA swaps the
+operands back into a non-canonical form), and a ResNet-18 step then took 25% less CPU time, but the same
+wall time (fewer threads), it compiled no faster in the engine's program, and under ``vmap`` over lanes it
+becomes grouped convolutions (benchmarks/RESULTS.md, "Tried and rejected").
 """
 from __future__ import annotations
 
