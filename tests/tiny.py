@@ -6,6 +6,7 @@ import numpy as np
 
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
 from jax_unlearn.models import ResNet, init_variables
+from tools.method_outputs import COMPILE_OPTIONS as FAST_COMPILE  # XLA's backend optimisations off
 
 TINY_MODEL = ResNet(stage_sizes=(1, 1), num_classes=4, width=4)  # compiles in seconds
 
@@ -33,6 +34,4 @@ def quick_init(model, key, image_size: int = 32):
     from another compilation of it, so both sides of a comparison must start from the same call. A batch of
     keys (shape ``(n,)``) gives ``n`` models stacked on a leading axis."""
     init = lambda k: init_variables(model, k, image_size)  # noqa: E731
-    compiled = jax.jit(jax.vmap(init) if key.shape else init).lower(key).compile(
-        {"xla_backend_optimization_level": 0})
-    return compiled(key)
+    return jax.jit(jax.vmap(init) if key.shape else init).lower(key).compile(FAST_COMPILE)(key)

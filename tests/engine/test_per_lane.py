@@ -16,7 +16,7 @@ from trees import lane, max_rel  # tests/ is on sys.path (tests/conftest.py)
 BASE = {"batch_size": 32, "lr": 0.05}
 # XLA's CPU compile time dominates; unoptimised code is fine for a tiny model. run_seeds compiles with the
 # defaults, so sweep lanes are compared with 1e-5; the 1e-6 comparisons are compiled alike on both sides.
-FAST = {"xla_backend_optimization_level": 0}
+from tiny import FAST_COMPILE as FAST  # tests/ is on sys.path
 NO_TRACK = RunConfig(track=False)
 
 

@@ -21,7 +21,7 @@ from jax_unlearn.methods.finetune import supervised
 from jax_unlearn.models import ResNet, ResNet18, init_variables
 
 # XLA's CPU compile time dominates; unoptimised code is fine for a tiny model and both sides compile alike.
-FAST = {"xla_backend_optimization_level": 0}
+from tiny import FAST_COMPILE as FAST  # tests/ is on sys.path
 # float64 throughout: a lane must compute exactly the single-seed function (1e-9 of how far it moved), and
 # the brute-force references agree to rounding.
 TOL = 1e-9

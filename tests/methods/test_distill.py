@@ -20,7 +20,7 @@ from jax_unlearn.models import ResNet, init_variables
 
 # XLA's CPU compile time dominates these tests; unoptimised code is fine for tiny models, and every
 # comparison below compiles both sides the same way.
-FAST = {"xla_backend_optimization_level": 0}
+from tiny import FAST_COMPILE as FAST  # tests/ is on sys.path
 # Everything runs in float64: Adam turns float32 rounding in near-zero gradients into full-size update
 # differences (measured: vmapped vs single 4e-3 of the movement after 6 Adam steps in float32, 1e-15 in
 # float64), so only float64 can show that a lane computes exactly the single-seed function.

@@ -24,7 +24,7 @@ from trees import lane, max_rel  # tests/ is on sys.path (tests/conftest.py)
 
 # XLA's CPU compile time dominates; unoptimised code is fine for a tiny model (both sides of every
 # comparison are compiled the same way).
-FAST = {"xla_backend_optimization_level": 0}
+from tiny import FAST_COMPILE as FAST  # tests/ is on sys.path
 HYPER = dict(num_shards=5, epochs=2, batch_size=8, lr=0.05, momentum=0.9)
 N_RETAIN, N_TRAIN = 45, 55  # tiny_data: 45 retain + 10 forget
 

@@ -63,7 +63,7 @@ KEYS = seed_keys(0, np.arange(2))
 _RUNS = {}
 # This file's cost is XLA compilation (seconds of CPU per program; the runs themselves take milliseconds), so
 # programs are compiled without LLVM optimisation — ~40% less compile time, the same arithmetic.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+from tiny import FAST_COMPILE  # tests/ is on sys.path
 
 
 def run_compiled(fn, *args):
