@@ -182,14 +182,19 @@ def _finite(variables, metrics, e, lane_epochs) -> jax.Array:
     finite — one reduction per epoch, on device. Other metrics may be nan by design and are not checked
     (SCRUB's ``forget_kl`` in epochs without a max pass, UNSIR's and the curriculum's ``noise_loss`` outside
     their noise phase). A lane's masked epochs (past ``hyper['epochs']``) report a nan loss by design;
-    their weights are still checked."""
-    weights = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(variables)
-               if jnp.issubdtype(x.dtype, jnp.floating)]
+    their weights are still checked.
+
+    The weights' test is ``isfinite(Σ_leaves sum(x · 0))``: ``x · 0`` is 0 for a finite ``x`` and nan for
+    ±inf or nan, so the total is 0 exactly (no overflow, however large the weights) when every weight is
+    finite. On XLA:CPU it compiles to fewer kernels than ``all(isfinite(x))`` per leaf (the drop-in's
+    ResNet-18 program: 1011 against 1053 fusions, benchmarks/RESULTS.md)."""
+    weights = sum(jnp.sum(x * 0, dtype=jnp.float32) for x in jax.tree_util.tree_leaves(variables)
+                  if jnp.issubdtype(x.dtype, jnp.floating))
     loss = metrics.get("loss")
     ok_losses = jnp.all(jnp.isfinite(loss)) if loss is not None else jnp.bool_(True)
     if lane_epochs is not None:
         ok_losses = ok_losses | (e >= lane_epochs)
-    return jnp.all(jnp.stack(weights)) & ok_losses
+    return jnp.isfinite(weights) & ok_losses
 
 
 def _blank(dtype):

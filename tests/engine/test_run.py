@@ -197,3 +197,19 @@ def test_finite_flag_checks_weights_and_the_loss_not_informational_metrics(tiny_
     run = make_run(context_for(tiny_data, tiny_model), method, RunConfig(track=False))
     _, metrics = jax.jit(run)(jax.random.key(0), start, device_data(tiny_data))
     assert np.asarray(metrics["finite"]).tolist() == [finite, finite]
+
+
+@pytest.mark.parametrize("bad, finite", [(float("inf"), False), (float("-inf"), False), (float("nan"), False),
+                                         (3e38, True), (-3e38, True)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_finite_flag_catches_one_non_finite_weight_in_any_leaf(tiny_data, tiny_model, bad, finite, dtype):
+    """One element of one leaf decides; the largest finite weights (whose sum would overflow) are finite."""
+    from jax_unlearn.methods import Method
+
+    method = Method(init=lambda key, start, data: start, epoch=lambda s, key, data, *start: (s, {"loss": jnp.float32(0)}),
+                    variables=lambda s: s, num_epochs=1)
+    w = jnp.full((3, 4), 2e38, jnp.float32).at[1, 2].set(bad).astype(dtype)
+    start = {"params": {"a": jnp.ones(5), "w": w}, "batch_stats": {"n": jnp.zeros(2, jnp.int32)}}
+    run = make_run(context_for(tiny_data, tiny_model), method, RunConfig(track=False))
+    _, metrics = jax.jit(run)(jax.random.key(0), start, device_data(tiny_data))
+    assert np.asarray(metrics["finite"]).tolist() == [finite]
