@@ -193,7 +193,7 @@ def _unlearn(args) -> int:
     from jax_unlearn.jobs.populations import run_population
 
     data = load_data(args)
-    start = load_start(args.original, data.num_classes, args)
+    start = load_start(args.original, data.num_classes, args.arch)
     folder = run_population(args.out, args.method, data, start_variables=start, n_seeds=args.n_seeds,
                             base_seed=args.base_seed, chunk_size=args.chunk_size, hyper=hyper,
                             run_config=_run_config(args), dtype=args.dtype,

@@ -54,9 +54,10 @@ def build_model(args: argparse.Namespace, num_classes: int):
     return model
 
 
-def load_start(path: str, num_classes: int, args: argparse.Namespace):
+def load_start(path: str, num_classes: int, arch: dict | None = None):
     """The start model of ``--original``, checked alike for .pth and .msgpack (keys, shapes, classes, finite
-    weights) against ``--arch`` (a smaller ResNet loads from its Flax checkpoint only)."""
+    weights) against ``arch`` (``--arch``'s value: None for ResNet-18; a smaller ResNet loads from its Flax
+    checkpoint only)."""
     from converters import load_model_variables
 
-    return load_model_variables(path, num_classes, arch=getattr(args, "arch", None))
+    return load_model_variables(path, num_classes, arch=arch)
