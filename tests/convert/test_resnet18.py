@@ -151,6 +151,13 @@ def test_converted_arrays_do_not_alias_torch_memory():
     with torch.no_grad():
         net.bn1.weight.add_(1.0)
     np.testing.assert_array_equal(variables["params"]["bn1"]["scale"], before)
+    # Every entry, both directions (conv kernels are permuted copies; a view would alias here).
+    sources = [t.numpy() for t in net.state_dict().values()]
+    for leaf in jax.tree_util.tree_leaves(variables):
+        assert not any(np.shares_memory(leaf, src) for src in sources)
+    back = converters.flax_to_torch(variables)
+    for t in back.values():
+        assert not any(np.shares_memory(t.numpy(), leaf) for leaf in jax.tree_util.tree_leaves(variables))
 
 
 def test_half_precision_weights_become_their_float32_values():
