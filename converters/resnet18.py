@@ -109,10 +109,11 @@ def _rules(kind: str):
     """(torch suffix, collection, flax leaf, torch->numpy, numpy->torch) for one module kind."""
     # Copies, never views: a torch tensor's .numpy() shares memory, and the caller may keep training it.
     # Through torch's own float32 cast: NumPy has no bfloat16 (a bf16 tensor's .numpy() fails).
-    f32 = lambda t: np.array(t.detach().cpu().to(torch.float32).numpy(), np.float32, order="C", copy=True)  # noqa: E731
+    as_f32 = lambda t: t.detach().cpu().to(torch.float32)  # noqa: E731
+    f32 = lambda t: np.array(as_f32(t).numpy(), np.float32, order="C", copy=True)  # noqa: E731
     back = lambda a: torch.from_numpy(np.array(a, np.float32, order="C", copy=True))  # noqa: E731
     if kind == "conv":  # OIHW <-> HWIO through torch's permute: ~3x faster than NumPy's transposing copy
-        return [("weight", "params", "kernel", lambda t: _permuted(t.detach().cpu().to(torch.float32), (2, 3, 1, 0)).numpy(),
+        return [("weight", "params", "kernel", lambda t: _permuted(as_f32(t), (2, 3, 1, 0)).numpy(),
                  lambda a: _permuted(torch.from_numpy(np.require(a, np.float32, ["W"])), (3, 2, 0, 1)))]
     if kind == "linear":
         return [("weight", "params", "kernel", lambda t: np.ascontiguousarray(f32(t).T), lambda a: back(np.asarray(a).T)),
