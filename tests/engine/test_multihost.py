@@ -55,7 +55,7 @@ def _launch(tmp_path: Path, out: Path, n_processes: int, devices_each: int) -> l
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_each}"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices_each}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     if n_processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES=str(n_processes))

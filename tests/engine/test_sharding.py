@@ -68,7 +68,8 @@ SCRIPT = textwrap.dedent("""
 
 def test_four_devices_give_the_same_models_as_one():
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(Path(__file__).parents[1])], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

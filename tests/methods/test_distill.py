@@ -23,8 +23,10 @@ from jax_unlearn.models import ResNet, init_variables
 from tiny import FAST_COMPILE as FAST  # tests/ is on sys.path
 # Everything runs in float64: Adam turns float32 rounding in near-zero gradients into full-size update
 # differences (measured: vmapped vs single 4e-3 of the movement after 6 Adam steps in float32, 1e-15 in
-# float64), so only float64 can show that a lane computes exactly the single-seed function.
-TOL = 1e-9
+# float64), so only float64 can show that a lane computes exactly the single-seed function. UNSIR's noise
+# ascent amplifies float64 rounding to ~2e-8 of the movement where XLA vectorises a reduction differently
+# in the vmapped program; a lane that ran another seed's key differs by the order of the movement itself.
+TOL = 1e-7
 NOISE = dict(batch_size=16, noise_images=3, noise_steps=3, noise_copies=2, retain_per_class=6)
 HYPER = {
     "bad-teacher": dict(epochs=2, batch_size=8, lr=1e-2),
