@@ -208,6 +208,14 @@ def seed_keys(base_seed: int, ids: Sequence[int] | np.ndarray) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(ids, jnp.uint32))
 
 
+def lanes_run_in_parallel() -> bool:
+    """Whether the lanes of one vmapped program run in parallel on the default backend. Not on a CPU: one
+    model's step (or forward pass) already keeps every core busy, so k lanes take k times one lane's time,
+    while a program of more lanes compiles more slowly (ResNet-18's finetune: 8 lanes 21.5 s, 1 lane
+    11.1 s on a 2-core CPU, benchmarks/RESULTS.md) and a new lane count is a new program."""
+    return jax.devices()[0].platform != "cpu"
+
+
 def default_chunk_size(n_seeds: int, per_lane_bytes: int = 600 * 2**20) -> int:
     """Lanes per chunk: per device from its free memory (half of it, ``per_lane_bytes`` a lane) times the
     number of devices on accelerators; 8 on CPU. Never more than ``n_seeds``."""

@@ -3,7 +3,9 @@
 Two steps, so each can be used alone:
 
 * :func:`population_outputs` runs every model of a run folder over the data, on device, one chunk at a
-  time (``jax.jit(jax.vmap(...))`` over the chunk's stacked variables, one compilation for all chunks),
+  time (``jax.jit(jax.vmap(...))`` over the chunk's stacked variables, one compilation for all chunks; on
+  a CPU, where lanes run no faster than one model after another, one model a call, so every folder of a
+  model shares one compilation),
   and returns per-model accuracies, the forget-set statistic the competition compares, and the logits
   the membership-inference attacks need (for the first ``mia_models`` models only, since each attack is
   fitted per model).
@@ -43,6 +45,7 @@ from tqdm.auto import tqdm
 from converters import atomic_write
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, UnlearningData
 from jax_unlearn.evaluation.sweep import check_reference, format_sweep, score_sweep, sweep_lanes
+from jax_unlearn.engine.run import lanes_run_in_parallel
 from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.models import make_model
 from jax_unlearn.metrics import (cross_entropy_per_example, final_score, kit_mia, logit_scaled_confidence,
@@ -126,6 +129,17 @@ def _pad_lanes(tree, lanes: int):
     return jax.tree_util.tree_map(pad, tree)
 
 
+def _lane_outputs(fn, variables, k: int, lanes: int, device) -> dict[str, np.ndarray]:
+    """``fn``'s outputs for the ``k`` stacked models of a chunk, ``lanes`` models a call (the last call
+    padded), concatenated on the host."""
+    parts = []
+    for at in range(0, k, lanes):
+        part = jax.tree_util.tree_map(lambda a: a[at:at + lanes], variables)
+        out = jax.device_get(fn(_pad_lanes(part, lanes), device))
+        parts.append({name: np.asarray(v)[:min(lanes, k - at)] for name, v in out.items()})
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def population_outputs(folder: RunFolder | str | os.PathLike, data: UnlearningData, *, batch_size: int = 500,
                        mia_models: int = 8, progress: bool | None = None) -> dict[str, Any]:
     """Evaluate every model of a run folder on ``data`` (eval mode, on device, a chunk at a time).
@@ -165,11 +179,11 @@ def population_outputs(folder: RunFolder | str | os.PathLike, data: UnlearningDa
     accs = {k: [] for k in ACCURACIES}
     mia = {k: [] for k in MIA_SPLITS}
     show = sys.stderr.isatty() if progress is None else progress
+    lanes = config["chunk_size"] if lanes_run_in_parallel() else 1
     for c in tqdm(folder.chunks(), desc=f"evaluate {folder.path.name}", unit="chunk", disable=not show):
         chunk = folder.load_chunk(c)
         k = len(chunk["ids"])
-        out = jax.device_get(fn(_pad_lanes(chunk["variables"], config["chunk_size"]), device))
-        out = {name: np.asarray(v)[:k] for name, v in out.items()}
+        out = _lane_outputs(fn, chunk["variables"], k, lanes, device)
         seeds.append(chunk["ids"])
         for name in ACCURACIES:
             accs[name].append(out[name].astype(np.float64))

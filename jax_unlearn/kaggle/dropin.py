@@ -12,7 +12,7 @@ import torch
 
 from converters import flax_to_torch, infer_model_config, torch_to_flax
 from jax_unlearn.data.types import Normalization
-from jax_unlearn.engine.run import RunConfig, default_chunk_size, make_run, seed_keys
+from jax_unlearn.engine.run import RunConfig, default_chunk_size, lanes_run_in_parallel, make_run, seed_keys
 from jax_unlearn.engine.train import Context, DeviceData
 from jax_unlearn.kaggle.loaders import DeviceSplits, batch_size_of, is_uint8_valued, read_loader
 from jax_unlearn.kaggle.splits import CLASS_COUNTS, LOADERS, TRAIN, splits_used
@@ -100,12 +100,11 @@ def unlearning_many(net: torch.nn.Module, retain_loader: Iterable, forget_loader
 
 
 def _default_chunk(n: int) -> int:
-    """Lanes per chunk when the caller gives none: one on CPU, else from free accelerator memory
-    (:func:`jax_unlearn.engine.run.default_chunk_size`). On a CPU one model's step already uses every core,
-    so lanes buy no parallelism, while an 8-lane program takes twice as long to compile as a 1-lane one
-    (ResNet-18, the notebook's finetune: 21.5 s against 11.1 s on the 2-core machine; the notebook loop of
-    8 checkpoints took 41.8 s with one lane a chunk against 47.8 s with eight, benchmarks/RESULTS.md)."""
-    return 1 if jax.devices()[0].platform == "cpu" else default_chunk_size(n)
+    """Lanes per chunk when the caller gives none: from free accelerator memory
+    (:func:`jax_unlearn.engine.run.default_chunk_size`), or one where lanes buy no parallelism
+    (:func:`jax_unlearn.engine.run.lanes_run_in_parallel`: a CPU; the notebook loop of 8 checkpoints took
+    41.8 s with one lane a chunk against 47.8 s with eight, benchmarks/RESULTS.md)."""
+    return default_chunk_size(n) if lanes_run_in_parallel() else 1
 
 
 def clear_caches() -> None:

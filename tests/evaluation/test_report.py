@@ -1,8 +1,8 @@
 """Evaluation: per-model outputs equal a brute-force forward pass; the report, its files and plots.
 
-Two tiny populations of real ResNet-18s (the report rebuilds the model from the run's config), one epoch
-of two steps each: 3 fine-tuned seeds in chunks of 2 (the last chunk has 1 lane, so evaluation pads it)
-and 3 retrained seeds. Unequal population sizes and sweep scoring are tested on synthetic statistics (a real
+Two tiny populations of a small ResNet (the report rebuilds the model from the run's config), one epoch
+of two steps each: 3 fine-tuned seeds in chunks of 2 and 3 retrained seeds. On a CPU evaluation runs one
+model a call; the accelerators' way (a chunk's lanes a call, the last chunk padded) is checked against it. Unequal population sizes and sweep scoring are tested on synthetic statistics (a real
 sweep is evaluated end to end in tests/cli/test_cli.py).
 """
 import dataclasses
@@ -100,6 +100,20 @@ def test_outputs_equal_a_direct_forward_pass(runs, data, outputs):
     assert {k: v.shape for k, v in outputs["mia_logits"].items()} == {
         "retain": (2, 12, 4), "test": (2, 12, 4), "forget": (2, 10, 4)}
     assert outputs["method"] == "finetune"
+
+
+def test_a_chunk_of_lanes_a_call_gives_the_outputs_of_one_model_a_call(runs, data, outputs, monkeypatch):
+    import jax_unlearn.evaluation.report as report
+
+    monkeypatch.setattr(report, "lanes_run_in_parallel", lambda: True)  # as on an accelerator
+    lanes = population_outputs(runs[0], data, mia_models=MIA_MODELS, progress=False)  # chunks 2 + 1 (padded)
+    np.testing.assert_array_equal(lanes["seed"], outputs["seed"])
+    # Vmapped lanes sum in another order than one model alone: float32 rounding, far below any logit gap.
+    for name in ("retain_acc", "forget_acc", "validation_acc", "test_acc"):
+        np.testing.assert_array_equal(lanes[name], outputs[name])
+    np.testing.assert_allclose(lanes["forget_stat"], outputs["forget_stat"], rtol=1e-4, atol=1e-4)
+    for split, z in outputs["mia_logits"].items():
+        np.testing.assert_allclose(lanes["mia_logits"][split], z, rtol=1e-4, atol=1e-4)
 
 
 def test_report_json_and_csvs(runs, data, outputs, evaluated):
