@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import converters
-from jax_unlearn.models import ResNet18, init_variables
+from jax_unlearn.models import ResNet18
+from tiny import quick_init
 from torch_reference import nchw, random_torch_resnet18, rel_err
 
 
@@ -55,8 +56,11 @@ def _train_step_parity(stem, dtype, tol):
                                         jnp.asarray(x), train=True, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y)).mean(), new_state
 
-    (loss_j, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-    params = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, variables["params"], grads)
+    def step(params):  # one compiled program: op-by-op dispatch compiles each of its ~300 ops on its own
+        (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, new_state, jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+
+    loss_j, new_state, params = jax.jit(step)(variables["params"])
 
     assert abs(float(loss_j) - loss_t.item()) <= tol * abs(loss_t.item())
     got_stats, want_stats = _flat(new_state["batch_stats"]), _flat(want["batch_stats"])
@@ -90,16 +94,17 @@ def test_running_variance_uses_unbiased_batch_variance():
 
 def test_masked_examples_touch_neither_output_nor_statistics():
     model = ResNet18(num_classes=10)
-    variables = init_variables(model, jax.random.key(0))
+    variables = quick_init(model, jax.random.key(0))
     rng = np.random.default_rng(2)
     x = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
     mask = np.array([1, 1, 1, 0, 1, 0, 1, 0], bool)
     junk = x.copy()
     junk[~mask] = 1e3 * rng.normal(size=junk[~mask].shape)  # garbage where masked
+    # Op by op: cheaper here than compiling the two train-mode programs (with and without a mask).
+    apply = lambda x, mask=None: model.apply(variables, x, train=True, mask=mask, mutable=["batch_stats"])  # noqa: E731
 
-    full, s_full = model.apply(variables, jnp.asarray(x[mask]), train=True, mutable=["batch_stats"])
-    part, s_part = model.apply(variables, jnp.asarray(junk), train=True, mask=jnp.asarray(mask),
-                               mutable=["batch_stats"])
+    full, s_full = apply(jnp.asarray(x[mask]))
+    part, s_part = apply(jnp.asarray(junk), jnp.asarray(mask))
     # Same as running on the unmasked examples alone (up to float32 summation order) ...
     assert rel_err(np.asarray(part)[mask], full) < 1e-4
     for k, v in _flat(s_full).items():
@@ -107,20 +112,18 @@ def test_masked_examples_touch_neither_output_nor_statistics():
     # ... and bit-for-bit independent of what the masked rows hold.
     other = junk.copy()
     other[~mask] = -junk[~mask] * 3
-    part2, s_part2 = model.apply(variables, jnp.asarray(other), train=True, mask=jnp.asarray(mask),
-                                 mutable=["batch_stats"])
+    part2, s_part2 = apply(jnp.asarray(other), jnp.asarray(mask))
     np.testing.assert_array_equal(np.asarray(part2)[mask], np.asarray(part)[mask])
     for k, v in _flat(s_part).items():
         np.testing.assert_array_equal(_flat(s_part2)[k], v, err_msg=k)
 
-    _, s_none = model.apply(variables, jnp.asarray(junk), train=True, mask=jnp.zeros(8, bool),
-                            mutable=["batch_stats"])
+    _, s_none = apply(jnp.asarray(junk), jnp.zeros(8, bool))
     for k, v in _flat(variables["batch_stats"]).items():
         np.testing.assert_array_equal(_flat(s_none["batch_stats"])[k], v, err_msg=f"fully masked batch moved {k}")
 
 
 def test_init_follows_torchvision():
-    variables = init_variables(ResNet18(num_classes=10), jax.random.key(3))
+    variables = quick_init(ResNet18(num_classes=10), jax.random.key(3))  # init_variables, compiled
     p = variables["params"]
     k = np.asarray(p["layer3_0"]["conv2"]["kernel"])  # 3x3, 256 -> 256: fan_out = 9 * 256
     assert abs(k.std() - np.sqrt(2 / (9 * 256))) < 0.02 * np.sqrt(2 / (9 * 256))
@@ -138,7 +141,7 @@ def test_bf16_compute_keeps_float32_outputs_and_is_close():
     net = random_torch_resnet18(12).eval()
     variables = converters.torch_to_flax(net.state_dict())
     x = jnp.asarray(np.random.default_rng(4).normal(size=(4, 32, 32, 3)).astype(np.float32))
-    f32 = ResNet18(num_classes=10).apply(variables, x)
-    bf16 = ResNet18(num_classes=10, dtype=jnp.bfloat16).apply(variables, x)
+    f32 = jax.jit(ResNet18(num_classes=10).apply)(variables, x)
+    bf16 = jax.jit(ResNet18(num_classes=10, dtype=jnp.bfloat16).apply)(variables, x)
     assert bf16.dtype == jnp.float32
     assert rel_err(bf16, f32) < 0.05
