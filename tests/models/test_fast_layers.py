@@ -18,8 +18,16 @@ def _autodiff_bn(x, scale, bias, weight, eps):
     return _affine(x, mean, var, scale, bias, eps), mean, var
 
 
-def _rel(a, b):
-    return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+def _rel(a, b):  # on the host: op-by-op jnp would compile each op for each shape and dtype
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _pair(ours, ref):
+    """``(ours(*args), ref(*args))`` and ``(ours_vjp(cts), ref_vjp(cts))``, each pair one compiled program."""
+    fwd = jax.jit(lambda *args: (ours(*args), ref(*args)))
+    bwd = jax.jit(lambda args, cts: (jax.vjp(ours, *args)[1](cts), jax.vjp(ref, *args)[1](cts)))
+    return fwd, bwd
 
 
 @pytest.mark.parametrize("dtype", list(TOLS))
@@ -34,15 +42,16 @@ def test_normalize_train_forward_and_vjp_equal_autodiff(dtype, mask):
         def ours(x, s, b):
             return normalize_train(x, s, b, weight, 1e-5)[:3]
 
-        out, vjp = jax.vjp(ours, x, scale, bias)
-        ref, ref_vjp = jax.vjp(lambda x, s, b: _autodiff_bn(x, s, b, weight, 1e-5), x, scale, bias)
+        fwd, bwd = _pair(ours, lambda x, s, b: _autodiff_bn(x, s, b, weight, 1e-5))
+        out, ref = fwd(x, scale, bias)
         for a, b in zip(out, ref):
             assert _rel(a, b) < TOLS[dtype]
         # Cotangents on y alone (training), and on the statistics too (the general VJP).
         for with_stats in (False, True):
-            cts = tuple(jnp.asarray(rng.normal(size=o.shape), dtype) if i == 0 or with_stats else jnp.zeros_like(o)
+            cts = tuple(jnp.asarray(rng.normal(size=o.shape) if i == 0 or with_stats else np.zeros(o.shape), dtype)
                         for i, o in enumerate(ref))
-            for name, a, b in zip(("x", "scale", "bias"), vjp(cts), ref_vjp(cts)):
+            got, want = bwd((x, scale, bias), cts)
+            for name, a, b in zip(("x", "scale", "bias"), got, want):
                 assert _rel(a, b) < TOLS[dtype], (name, with_stats)
         assert float(normalize_train(x, scale, bias, weight, 1e-5)[3]) == (6 if mask is None else sum(mask)) * 12
 
@@ -57,11 +66,12 @@ def test_max_pool_equals_flax_forward_and_vjp(dtype, shape):
     with jax.enable_x64(dtype == "float64"):
         rng = np.random.default_rng(1)
         x = jnp.maximum(jnp.asarray(rng.normal(size=shape), dtype), 0)  # ReLU'd, as in the stem: ties at 0
-        y, vjp = jax.vjp(max_pool_3x3_s2, x)
-        ref, ref_vjp = jax.vjp(_nn_pool, x)
+        fwd, bwd = _pair(max_pool_3x3_s2, _nn_pool)
+        y, ref = fwd(x)
         np.testing.assert_array_equal(y, ref)  # a maximum is exact
         g = jnp.asarray(rng.normal(size=y.shape), dtype)
-        assert _rel(vjp(g)[0], ref_vjp(g)[0]) < TOLS[dtype]
+        got, want = bwd((x,), g)
+        assert _rel(got[0], want[0]) < TOLS[dtype]
 
 
 def test_max_pool_routes_a_tied_window_to_its_first_maximum():
