@@ -256,6 +256,7 @@ def test_vmapped_gemm_resnet_step_equals_the_per_lane_loop(dtype, reference, tol
         variables, x, y = _lanes(10, dtype=jnp.dtype(dtype))
         got = jax.jit(jax.vmap(_lane_step(ResNet(**TINY, dtype=jnp.dtype(dtype), conv_impl="gemm"))))(variables, x, y)
         one = jax.jit(_lane_step(ResNet(**TINY, dtype=jnp.dtype(dtype), conv_impl=reference)))
+        got, variables, x, y = jax.device_get((got, variables, x, y))  # lanes sliced on the host, not op by op
         for lane in range(3):
             take = lambda t: jax.tree_util.tree_map(lambda a: a[lane], t)  # noqa: E731
             _assert_trees_close(take(got), one(take(variables), x[lane], y[lane]), tol)
