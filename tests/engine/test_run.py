@@ -141,9 +141,11 @@ def test_list_valued_hyper_runs_a_sweep_in_one_population(tmp_path, tiny_data, t
 
 
 def test_512_seeds_run_on_cpu_in_chunks(tmp_path, tiny_data, tiny_model, start):
-    """The competition's N = 512 population on CPU (small data): 4 chunks of 128 lanes, one compilation."""
+    """The competition's N = 512 population on CPU (small data): 4 chunks of 128 lanes, one compilation. The
+    GEMM lowering: under vmap XLA's convolutions become grouped ones, which XLA:CPU runs as naive loops."""
     folder = run_population(tmp_path / "n512", "finetune", tiny_data, start_variables=start, n_seeds=512,
-                            chunk_size=128, hyper={"epochs": 1, "batch_size": 16}, model=tiny_model,
+                            chunk_size=128, hyper={"epochs": 1, "batch_size": 16},
+                            model=tiny_model.clone(conv_impl="gemm"),
                             run_config=RunConfig(track=False), progress=False)
     assert folder.chunks() == [0, 1, 2, 3]
     kernels = {seed: np.asarray(v["params"]["fc"]["kernel"]) for seed, v in folder.iter_models()}
