@@ -13,6 +13,7 @@ import converters
 from converters import CheckpointError
 from jax_unlearn.models import ResNet18
 from torch_reference import nchw, random_torch_resnet18, rel_err
+from tiny import quick_init  # tests/ is on sys.path
 
 
 @pytest.mark.parametrize("stem,num_classes,seed", [("imagenet", 10, 0), ("imagenet", 7, 1), ("cifar", 10, 2)])
@@ -198,10 +199,10 @@ def test_flax_start_models_are_checked_like_pth(tmp_path):
 
 
 def test_smaller_resnets_load_only_from_flax_files_checked_against_their_own_shapes(tmp_path):
-    from jax_unlearn.models import init_variables, make_model
+    from jax_unlearn.models import make_model
 
     small = {"stage_sizes": [1, 1], "width": 8}
-    variables = jax.tree_util.tree_map(np.array, init_variables(make_model(7, arch=small), jax.random.key(0)))
+    variables = jax.tree_util.tree_map(np.array, quick_init(make_model(7, arch=small), jax.random.key(0)))
     path = converters.save_flax_variables(variables, tmp_path / "s.msgpack")
     loaded = converters.load_model_variables(path, 7, arch=small)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, loaded, variables))

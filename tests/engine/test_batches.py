@@ -8,7 +8,7 @@ from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import torch_sgd
 from jax_unlearn.engine.run import context_for
 from jax_unlearn.engine.train import create_state, supervised_step
-from jax_unlearn.models import init_variables
+from tiny import quick_init  # tests/ is on sys.path
 
 
 def test_epoch_covers_every_example_once_and_keeps_last_partial_batch():
@@ -26,7 +26,7 @@ def test_masked_examples_do_not_touch_the_step(tiny_data, tiny_model):
     ctx = context_for(tiny_data, tiny_model)
     tx = torch_sgd(0.1, 0.9, 5e-4)
     step = supervised_step(ctx, tx, lambda logits, y, m: cross_entropy(logits, y, m))
-    state = create_state(init_variables(tiny_model, jax.random.key(0)), tx)
+    state = create_state(quick_init(tiny_model, jax.random.key(0)), tx)
     x = jnp.asarray(tiny_data.retain.images[:8])
     y = jnp.asarray(tiny_data.retain.labels[:8])
     mask = jnp.asarray([1, 1, 1, 1, 1, 0, 0, 0], bool)

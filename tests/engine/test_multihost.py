@@ -27,10 +27,10 @@ WORKER = textwrap.dedent("""
     multi = init_distributed()  # first, before any computation
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from tiny import synthetic_split
+    from tiny import quick_init, synthetic_split
     from jax_unlearn.data.types import Normalization, UnlearningData
     from jax_unlearn.jobs.populations import run_population
-    from jax_unlearn.models import ResNet, init_variables
+    from jax_unlearn.models import ResNet
 
     rng = np.random.default_rng(0)
     data = UnlearningData(retain=synthetic_split(rng, 45), forget=synthetic_split(rng, 10),
@@ -38,7 +38,7 @@ WORKER = textwrap.dedent("""
                           normalization=Normalization(scale=1 / 255, mean=(0.5,) * 3, std=(0.25,) * 3),
                           description={"source": "synthetic"})
     model = ResNet(stage_sizes=(1, 1), num_classes=4, width=4)
-    start = init_variables(model, jax.random.key(42))
+    start = quick_init(model, jax.random.key(42))  # compiled: op by op takes ~15 s a process
     run_population(sys.argv[2], "finetune", data, start_variables=start, n_seeds=6, chunk_size=4,
                    hyper={"epochs": 1, "batch_size": 16}, model=model, progress=False)
     print("worker", jax.process_index(), jax.process_count(), len(jax.devices()), multi, flush=True)

@@ -8,7 +8,6 @@ import pytest
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, run_seeds, seed_keys
 from jax_unlearn.methods import build_method
 from jax_unlearn.metrics.competition import final_score, forgetting_quality
-from jax_unlearn.models import init_variables
 from jax_unlearn.evaluation.sweep import best_setting
 from jax_unlearn.jobs.sweep import expand_grid, plan_sweep, repeat_settings, split_hyper
 from trees import lane, max_rel  # tests/ is on sys.path (tests/conftest.py)
@@ -16,14 +15,14 @@ from trees import lane, max_rel  # tests/ is on sys.path (tests/conftest.py)
 BASE = {"batch_size": 32, "lr": 0.05}
 # XLA's CPU compile time dominates; unoptimised code is fine for a tiny model. run_seeds compiles with the
 # defaults, so sweep lanes are compared with 1e-5; the 1e-6 comparisons are compiled alike on both sides.
-from tiny import FAST_COMPILE as FAST  # tests/ is on sys.path
+from tiny import FAST_COMPILE as FAST, quick_init  # tests/ is on sys.path
 NO_TRACK = RunConfig(track=False)
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_data, tiny_model):
     ctx = context_for(tiny_data, tiny_model)
-    return ctx, init_variables(tiny_model, jax.random.key(42)), device_data(tiny_data)
+    return ctx, quick_init(tiny_model, jax.random.key(42)), device_data(tiny_data)
 
 
 def _vmapped(run, keys, start, data, hyper=None):

@@ -7,14 +7,14 @@ import numpy as np
 from jax_unlearn.engine.progress import EpochProgress
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, run_seeds
 from jax_unlearn.methods import build_method
-from jax_unlearn.models import init_variables
+from tiny import quick_init  # tests/ is on sys.path
 
 
 def _population(tiny_data, tiny_model, on_epoch, epoch_progress=None, n_seeds=5, chunk_size=3):
     ctx = context_for(tiny_data, tiny_model)
     method = build_method("finetune", ctx, epochs=3, batch_size=16)
     run = make_run(ctx, method, RunConfig(track=True, track_max=32), on_epoch=on_epoch)
-    start = init_variables(tiny_model, jax.random.key(1))
+    start = quick_init(tiny_model, jax.random.key(1))
     out = {}
     run_seeds(run, n_seeds, 0, start, device_data(tiny_data), chunk_size=chunk_size,
               on_chunk=lambda c, ids, o: out.update({c: o}), progress=False, epoch_progress=epoch_progress)

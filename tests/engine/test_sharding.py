@@ -25,10 +25,10 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, sys.argv[1])
-    from tiny import synthetic_split
+    from tiny import quick_init, synthetic_split
     import jax_unlearn.engine.run as engine
     from jax_unlearn.data.types import Normalization, UnlearningData
-    from jax_unlearn.models import ResNet, init_variables
+    from jax_unlearn.models import ResNet
     from jax_unlearn.jobs.sweep import plan_sweep
 
     rng = np.random.default_rng(0)
@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent("""
                           normalization=Normalization(scale=1 / 255, mean=(0.5,) * 3, std=(0.25,) * 3),
                           description={})
     model = ResNet(stage_sizes=(1, 1), num_classes=4, width=4, dtype=np.float64)
-    start = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), init_variables(model, jax.random.key(42)))
+    start = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), quick_init(model, jax.random.key(42)))
     ctx = engine.context_for(data, model)
     plan = plan_sweep("finetune", ctx, {"lr": [0.05, 0.1], "epochs": 1, "batch_size": 32}, 3)
     run = engine.make_run(ctx, plan.build, engine.RunConfig(track=False))

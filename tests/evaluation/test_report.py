@@ -25,9 +25,9 @@ from jax_unlearn.models import ResNet
 # A small ResNet keeps evaluation cheap: the run folder records its architecture and evaluation rebuilds it.
 TINY = ResNet(stage_sizes=(1, 1), num_classes=4, width=8, conv_impl="gemm")
 from jax_unlearn.metrics import final_score, forgetting_quality, logit_scaled_confidence
-from jax_unlearn.models import init_variables
 from jax_unlearn.evaluation.plots import pick_examples
 from jax_unlearn.jobs.folders import RunFolder, RunFolderError
+from tiny import quick_init  # tests/ is on sys.path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIA_MODELS = 2
@@ -54,7 +54,7 @@ def data():
 def runs(tmp_path_factory, data):
     tmp = tmp_path_factory.mktemp("runs")
     kw = dict(hyper={"epochs": 1, "batch_size": 32}, progress=False, n_seeds=3, run_config=RunConfig(track=False))
-    start = init_variables(TINY, jax.random.key(1))
+    start = quick_init(TINY, jax.random.key(1))
     unlearned = run_population(tmp / "finetune", "finetune", data, start_variables=start, chunk_size=2, model=TINY,
                                **kw)
     retrained = run_population(tmp / "retrain", "retrain", data, chunk_size=3, model=TINY, **kw)

@@ -21,7 +21,7 @@ from jax_unlearn.methods.finetune import supervised
 from jax_unlearn.models import ResNet, ResNet18, init_variables
 
 # XLA's CPU compile time dominates; unoptimised code is fine for a tiny model and both sides compile alike.
-from tiny import FAST_COMPILE as FAST  # tests/ is on sys.path
+from tiny import FAST_COMPILE as FAST, quick_init  # tests/ is on sys.path
 # float64 throughout: a lane must compute exactly the single-seed function (1e-9 of how far it moved), and
 # the brute-force references agree to rounding.
 TOL = 1e-9
@@ -62,7 +62,7 @@ def setup():
     model = ResNet(stage_sizes=(1, 1), num_classes=4, width=4, dtype=jnp.float64)  # two stages: k=1 is layer2
     ctx = context_for(data, model)
     dd = device_data(data)
-    init = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), init_variables(model, jax.random.key(0)))
+    init = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), quick_init(model, jax.random.key(0)))
     # The "original": retain ∪ forget, long enough to fit the marked forget examples.
     original = supervised(ctx, split="train", epochs=15, batch_size=8, optimizer="sgd", lr=0.05, momentum=0.9,
                           weight_decay=0.0)

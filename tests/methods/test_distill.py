@@ -16,11 +16,11 @@ from jax_unlearn.engine.train import create_state, predict, variables_of
 from jax_unlearn.methods import METHODS as METHOD_TABLE
 from jax_unlearn.methods import build_method
 from jax_unlearn.methods import distill, noise, ssd
-from jax_unlearn.models import ResNet, init_variables
+from jax_unlearn.models import ResNet
 
 # XLA's CPU compile time dominates these tests; unoptimised code is fine for tiny models, and every
 # comparison below compiles both sides the same way.
-from tiny import FAST_COMPILE as FAST  # tests/ is on sys.path
+from tiny import FAST_COMPILE as FAST, quick_init  # tests/ is on sys.path
 # Everything runs in float64: Adam turns float32 rounding in near-zero gradients into full-size update
 # differences (measured: vmapped vs single 4e-3 of the movement after 6 Adam steps in float32, 1e-15 in
 # float64), so only float64 can show that a lane computes exactly the single-seed function. UNSIR's noise
@@ -77,7 +77,7 @@ def start(ctx, dev):
     """A briefly trained 'original' model (meaningful BatchNorm statistics and confidences)."""
     run = make_run(ctx, build_method("finetune", ctx, epochs=2, batch_size=16, lr=0.05), RunConfig(track=False))
     init = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                                  init_variables(ctx.model, jax.random.key(0)))
+                                  quick_init(ctx.model, jax.random.key(0)))
     variables, _ = jax.jit(run, compiler_options=FAST)(jax.random.key(1), init, dev)
     return variables
 

@@ -17,7 +17,7 @@ from jax_unlearn.methods.winners.seif import seif_class_weights, seif_noise
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
 from jax_unlearn.methods import METHODS, build_method
-from jax_unlearn.models import ResNet, init_variables
+from jax_unlearn.models import ResNet
 
 # Tiny settings: 45 retain / 10 forget / 12 validation examples, batch 16 (3 retain steps a pass).
 CASES = {
@@ -56,14 +56,14 @@ def setup():
                           description={"source": "synthetic"})
     model = ResNet(stage_sizes=(1, 1), num_classes=4, width=4)
     ctx = context_for(data, model)
-    return ctx, init_variables(model, jax.random.key(42)), device_data(data)
+    return ctx, quick_init(model, jax.random.key(42)), device_data(data)
 
 
 KEYS = seed_keys(0, np.arange(2))
 _RUNS = {}
 # This file's cost is XLA compilation (seconds of CPU per program; the runs themselves take milliseconds), so
 # programs are compiled without LLVM optimisation — ~40% less compile time, the same arithmetic.
-from tiny import FAST_COMPILE  # tests/ is on sys.path
+from tiny import FAST_COMPILE, quick_init  # tests/ is on sys.path
 
 
 def run_compiled(fn, *args):
