@@ -266,7 +266,7 @@ def test_bad_input(case, world, diverged_run, capfd):
         p = Path(fill(path))
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("jax_unlearn.evaluation.report.make_model", lambda num_classes, *a, **k: _tiny(num_classes))
+        mp.setattr("jax_unlearn.evaluation.outputs.make_model", lambda num_classes, *a, **k: _tiny(num_classes))
         code = _run([fill(a) for a in case.argv])
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
