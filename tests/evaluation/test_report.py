@@ -2,8 +2,9 @@
 
 Two tiny populations of a small ResNet (the report rebuilds the model from the run's config), one epoch
 of two steps each: 3 fine-tuned seeds in chunks of 2 and 3 retrained seeds. On a CPU evaluation runs one
-model a call; the accelerators' way (a chunk's lanes a call, the last chunk padded) is checked against it. Unequal population sizes and sweep scoring are tested on synthetic statistics (a real
-sweep is evaluated end to end in tests/cli/test_cli.py).
+model a call; the accelerators' way (a chunk's lanes a call, the last chunk padded) is checked against it.
+Unequal population sizes and sweep scoring are tested on synthetic statistics (a real sweep is evaluated
+end to end in tests/cli/test_cli.py).
 """
 import dataclasses
 import json

@@ -8,7 +8,7 @@ import torch
 
 import converters
 from jax_unlearn.models import ResNet18
-from tiny import quick_init
+from tiny import quick_init  # tests/ is on sys.path
 from torch_reference import nchw, random_torch_resnet18, rel_err
 
 
