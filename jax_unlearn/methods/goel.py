@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 
 from jax_unlearn.engine.batches import steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy
@@ -34,6 +33,7 @@ from jax_unlearn.engine.train import (Context, TrainState, apply_gradients, crea
                                       variables_of)
 from jax_unlearn.engine.protocol import Method
 from jax_unlearn.methods.registry import register
+from jax_unlearn.models.init import variance_scaling
 
 _STAGE = re.compile(r"layer(\d+)_\d+")
 _REF = "Goel et al. 2022 (arXiv 2201.06640); port: xcadet/deepunlearn munl/unlearning/"
@@ -72,8 +72,8 @@ def reinitialize(key, params: Mapping, mask) -> Any:
     :func:`last_blocks_mask`): a leaf is re-drawn when any entry is ``True``.
     """
     kinds = leaf_kinds(params)
-    conv = nn.initializers.variance_scaling(2.0, "fan_out", "uniform")  # HWIO: fan_out = O·kh·kw
-    linear = nn.initializers.xavier_uniform()  # Dense kernel (in, out)
+    conv = variance_scaling(2.0, "fan_out", "uniform")  # HWIO: fan_out = O·kh·kw
+    linear = variance_scaling(1.0, "fan_avg", "uniform")  # xavier_uniform_ of the Dense kernel (in, out)
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     kind_leaves = treedef.flatten_up_to(kinds)
     mask_leaves = treedef.flatten_up_to(mask)

@@ -1,0 +1,64 @@
+"""Weight initialisers that draw their random numbers as one flat vector: the values of JAX's own, compiled
+in a fraction of the time.
+
+``jax.random.normal(key, (3, 3, 64, 64))`` and ``jax.random.normal(key, (36864,)).reshape(3, 3, 64, 64)``
+are the same numbers (threefry's counters run over the flattened shape), but with
+``jax_threefry_partitionable`` (JAX's default) the N-d draw lowers to per-dimension counter arithmetic that
+XLA:CPU compiles ~6× slower (0.81 s against 0.13 s for that kernel, loop emitters; figures and the whole
+model's init in ``benchmarks/RESULTS.md``). Every program that starts a model from scratch (retraining, the
+original model, SISA's shards, EU-k's re-drawn layers) compiles its initialiser, so the draw shape is worth
+choosing. Each function here equals its ``jax.nn.initializers`` namesake bit for bit
+(``tests/models/test_init.py``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+def _flat(draw, key, shape: Sequence[int], dtype, *args) -> jax.Array:
+    """``draw(key, shape, dtype, *args)`` drawn as one vector of ``prod(shape)`` numbers, then reshaped."""
+    return draw(key, (math.prod(shape),), dtype, *args).reshape(tuple(shape))
+
+
+def variance_scaling(scale: float, mode: Literal["fan_in", "fan_out", "fan_avg"],
+                     distribution: Literal["normal", "uniform"]) -> Initializer:
+    """``jax.nn.initializers.variance_scaling(scale, mode, distribution)`` (in axis -2, out axis -1, the rest a
+    receptive field: Dense ``(in, out)`` and conv HWIO kernels), drawn flat.
+
+    ``variance = scale / fan`` for the chosen fan; ``'normal'`` draws N(0, variance) (untruncated, as
+    torch's ``kaiming_normal_``), ``'uniform'`` U(±√(3·variance)) (torch's ``kaiming_uniform_``/``xavier_uniform_``).
+    Reference: He et al., "Delving Deep into Rectifiers", ICCV 2015; Glorot & Bengio, AISTATS 2010.
+    """
+    if mode not in ("fan_in", "fan_out", "fan_avg"):
+        raise ValueError(f"invalid mode {mode!r} for variance scaling")
+    if distribution not in ("normal", "uniform"):
+        raise ValueError(f"invalid distribution {distribution!r} for variance scaling")
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        if len(shape) < 2:
+            raise ValueError(f"variance scaling needs a kernel of at least 2 dimensions, got shape {tuple(shape)}")
+        receptive = math.prod(shape) / shape[-2] / shape[-1]
+        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+        variance = jnp.array(scale / fan, dtype=dtype)  # as JAX's: the scale in the parameter's dtype
+        if distribution == "normal":
+            return _flat(jax.random.normal, key, shape, dtype) * jnp.sqrt(variance)
+        return _flat(jax.random.uniform, key, shape, dtype, -1) * jnp.sqrt(3 * variance)
+
+    return init
+
+
+def uniform(low: float, high: float) -> Initializer:
+    """U(low, high): ``jax.random.uniform(key, shape, dtype, low, high)``, drawn flat (e.g. torch's
+    ``nn.Linear`` bias, U(±1/√fan_in))."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        return _flat(jax.random.uniform, key, shape, dtype, low, high)
+
+    return init
