@@ -91,8 +91,8 @@ def markdown(table: pd.DataFrame, preset, data, config: Mapping[str, Any], comma
               f"{p.eta}× the seeds; every setting tried is in tuning.csv.",
               f"- **Intervals**: bootstrap 95% percentile intervals, B = {p.bootstrap} resamples of both "
               f"populations' models; cost {cost:.1f} s for all rows on this machine.",
-              f"- **MIAs**: kit MIA (its logistic-regression attack) and SVC-MIA efficacy, mean over the first "
-              f"min(N, 16) models of each population.",
+              "- **MIAs**: kit MIA (its logistic-regression attack) and SVC-MIA efficacy, mean over the first "
+              "min(N, 16) models of each population.",
               f"- **Time**: seconds per unlearning run = (wall − compile) / models of the scoring run (N lanes "
               f"vmapped in chunks of {p.chunk_size or 'auto'}, checkpoint writes included); × retrain = that "
               f"over the same figure for the `retrain` population"

@@ -17,6 +17,7 @@ from jax_unlearn.engine.masks import leaf_kinds
 from jax_unlearn.engine.train import Context, fold_eval_gradients, forward_eval
 from jax_unlearn.engine.protocol import Method
 from jax_unlearn.methods.registry import register
+from jax_unlearn.models.init import draw_flat
 
 _PORT = "xcadet/deepunlearn munl/unlearning/"
 
@@ -125,8 +126,8 @@ def fisher(ctx: Context, *, alpha, batch_size: int, chunk_size: int) -> Method:
         var = fisher_variance(params, f, alpha)
         leaves, treedef = jax.tree_util.tree_flatten(params)
         keys = jax.tree_util.tree_unflatten(treedef, list(jax.random.split(key, len(leaves))))
-        noised = jax.tree_util.tree_map(lambda p, v, k: p + jnp.sqrt(v) * jax.random.normal(k, p.shape, p.dtype),
-                                        params, var, keys)
+        noise = jax.tree_util.tree_map(lambda p, k: draw_flat(jax.random.normal, k, p.shape, p.dtype), params, keys)
+        noised = jax.tree_util.tree_map(lambda p, v, z: p + jnp.sqrt(v) * z, params, var, noise)
         std = ravel_pytree(jax.tree_util.tree_map(jnp.sqrt, var))[0]
         return {"params": noised, "batch_stats": variables["batch_stats"]}, {"noise_std": jnp.mean(std)}
 

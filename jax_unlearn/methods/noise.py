@@ -22,6 +22,7 @@ from jax_unlearn.engine.train import (Context, TrainState, apply_eval, create_st
                                       supervised_step, variables_of)
 from jax_unlearn.engine.protocol import Method
 from jax_unlearn.methods.registry import register
+from jax_unlearn.models.init import draw_flat
 from jax_unlearn.methods.distill import bad_teacher_pass, retain_subset, run_pool, subset_size, valid_first
 
 
@@ -44,7 +45,7 @@ def learn_noise(ctx: Context, variables, key, shape, num_classes: int, noise_ima
         return -cross_entropy(logits, jnp.full((noise.shape[0],), c)) + reg * size
 
     def one_class(c):
-        noise0 = jax.random.normal(jax.random.fold_in(key, c), (noise_images, *shape), jnp.float32)
+        noise0 = draw_flat(jax.random.normal, jax.random.fold_in(key, c), (noise_images, *shape), jnp.float32)
 
         def body(carry, _):
             noise, opt = carry

@@ -6,8 +6,9 @@ are the same numbers (threefry's counters run over the flattened shape), but wit
 ``jax_threefry_partitionable`` (JAX's default) the N-d draw lowers to per-dimension counter arithmetic that
 XLA:CPU compiles ~6× slower (0.81 s against 0.13 s for that kernel, loop emitters; figures and the whole
 model's init in ``benchmarks/RESULTS.md``). Every program that starts a model from scratch (retraining, the
-original model, SISA's shards, EU-k's re-drawn layers) compiles its initialiser, so the draw shape is worth
-choosing. Each function here equals its ``jax.nn.initializers`` namesake bit for bit
+original model, SISA's shards, EU-k's re-drawn layers) compiles its initialiser, and some methods draw
+noise shaped like the weights (Fisher forgetting, SEIF) or images (UNSIR), so the draw shape is worth
+choosing. Each function here equals its ``jax.random`` or ``jax.nn.initializers`` namesake bit for bit
 (``tests/models/test_init.py``).
 """
 from __future__ import annotations
@@ -21,8 +22,10 @@ import jax.numpy as jnp
 Initializer = Callable[..., jax.Array]
 
 
-def _flat(draw, key, shape: Sequence[int], dtype, *args) -> jax.Array:
-    """``draw(key, shape, dtype, *args)`` drawn as one vector of ``prod(shape)`` numbers, then reshaped."""
+def draw_flat(draw, key, shape: Sequence[int], dtype, *args) -> jax.Array:
+    """``draw(key, shape, dtype, *args)`` (``jax.random.normal``, ``uniform``, …): the same numbers, drawn as
+    one vector of ``prod(shape)`` and reshaped, so the compiled program is smaller (module docstring).
+    For noise shaped like weights or images too (Fisher forgetting, SEIF, UNSIR's noise images)."""
     return draw(key, (math.prod(shape),), dtype, *args).reshape(tuple(shape))
 
 
@@ -48,8 +51,8 @@ def variance_scaling(scale: float, mode: Literal["fan_in", "fan_out", "fan_avg"]
         fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
         variance = jnp.array(scale / fan, dtype=dtype)  # as JAX's: the scale in the parameter's dtype
         if distribution == "normal":
-            return _flat(jax.random.normal, key, shape, dtype) * jnp.sqrt(variance)
-        return _flat(jax.random.uniform, key, shape, dtype, -1) * jnp.sqrt(3 * variance)
+            return draw_flat(jax.random.normal, key, shape, dtype) * jnp.sqrt(variance)
+        return draw_flat(jax.random.uniform, key, shape, dtype, -1) * jnp.sqrt(3 * variance)
 
     return init
 
@@ -59,6 +62,6 @@ def uniform(low: float, high: float) -> Initializer:
     ``nn.Linear`` bias, U(±1/√fan_in))."""
 
     def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
-        return _flat(jax.random.uniform, key, shape, dtype, low, high)
+        return draw_flat(jax.random.uniform, key, shape, dtype, low, high)
 
     return init

@@ -57,3 +57,11 @@ def test_the_resnet_init_is_unchanged_by_drawing_flat():
         theirs = init_variables(model, jax.random.key(7))
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_draw_flat_is_the_n_dimensional_draw(threefry):
+    """The noise draws (Fisher forgetting, SEIF, UNSIR's images) keep their values."""
+    key = jax.random.key(5)
+    for draw, args in ((jax.random.normal, ()), (jax.random.uniform, (-2.0, 3.0))):
+        np.testing.assert_array_equal(np.asarray(init.draw_flat(draw, key, (2, 5, 5, 3), jnp.float32, *args)),
+                                      np.asarray(draw(key, (2, 5, 5, 3), jnp.float32, *args)))

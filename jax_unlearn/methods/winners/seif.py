@@ -15,6 +15,7 @@ from jax_unlearn.engine.train import epoch_over, loss_step, multi_opt_state, nex
 from jax_unlearn.methods.registry import register
 from jax_unlearn.methods.winners.common import kind_mask, leaf_mask, map_selected, retain_class_counts
 from jax_unlearn.methods.winners.common import REF as _REF
+from jax_unlearn.models.init import draw_flat
 
 
 _SEIF_SCOPES = {"stem": lambda params: leaf_mask(params, lambda names, leaf: names == ("conv1", "kernel")),
@@ -27,7 +28,7 @@ def seif_noise(key, params, std, scope: str = "stem"):
     (every conv kernel, the write-up's wording)."""
     if scope not in _SEIF_SCOPES:
         raise ValueError(f"unknown noise_scope {scope!r}; valid: {', '.join(_SEIF_SCOPES)}")
-    return map_selected(lambda k, w: w + std * jax.random.normal(k, w.shape, w.dtype), key, params,
+    return map_selected(lambda k, w: w + std * draw_flat(jax.random.normal, k, w.shape, w.dtype), key, params,
                         _SEIF_SCOPES[scope](params))
 
 
