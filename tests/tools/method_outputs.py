@@ -234,7 +234,8 @@ def record(out: str | Path, methods: str = "all", log=print) -> dict:
     model = ResNet(stage_sizes=(1, 1), num_classes=4, width=4, conv_impl="gemm")
     data_host = tiny_data()
     ctx, data = context_for(data_host, model), device_data(data_host)
-    start = init_variables(model, jax.random.key(START_SEED))
+    # Compiled: op by op, the init compiles each of its ops apart (seconds per record on a CPU).
+    start = jax.jit(lambda key: init_variables(model, key))(jax.random.key(START_SEED))
     arrays = flat_leaves(START, start)
     meta = {"format": FORMAT, **facts, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "numpy": np.__version__, "platform": jax.default_backend(), "seeds": list(SEEDS),
