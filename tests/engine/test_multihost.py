@@ -38,7 +38,7 @@ WORKER = textwrap.dedent("""
                           normalization=Normalization(scale=1 / 255, mean=(0.5,) * 3, std=(0.25,) * 3),
                           description={"source": "synthetic"})
     model = ResNet(stage_sizes=(1, 1), num_classes=4, width=4)
-    start = quick_init(model, jax.random.key(42))  # compiled: op by op takes ~15 s a process
+    start = quick_init(model, jax.random.key(42))  # compiled: op by op is several times slower (tiny.py)
     run_population(sys.argv[2], "finetune", data, start_variables=start, n_seeds=6, chunk_size=4,
                    hyper={"epochs": 1, "batch_size": 16}, model=model, progress=False)
     print("worker", jax.process_index(), jax.process_count(), len(jax.devices()), multi, flush=True)
