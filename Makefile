@@ -30,8 +30,9 @@ data:
 	  mkdir -p data && cd data && apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb . ; \
 	fi
 
-# Two workers, whole files each (module fixtures compile once), in collection order (tests/conftest.py puts the
-# slowest files first; xdist would otherwise start the files with the most tests first); override e.g. PYTEST_ARGS='-n 0'.
+# Two workers, whole files each (module fixtures compile once), in collection order (tests/conftest.py puts
+# the slowest files first; xdist would otherwise start the files with the most tests first); override e.g.
+# PYTEST_ARGS='-n 0'.
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: install data
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests

@@ -35,7 +35,8 @@ def variance_scaling(scale: float, mode: Literal["fan_in", "fan_out", "fan_avg"]
     receptive field: Dense ``(in, out)`` and conv HWIO kernels), drawn flat.
 
     ``variance = scale / fan`` for the chosen fan; ``'normal'`` draws N(0, variance) (untruncated, as
-    torch's ``kaiming_normal_``), ``'uniform'`` U(±√(3·variance)) (torch's ``kaiming_uniform_``/``xavier_uniform_``).
+    torch's ``kaiming_normal_``), ``'uniform'`` U(±√(3·variance)) (torch's ``kaiming_uniform_`` and
+    ``xavier_uniform_``).
     Reference: He et al., "Delving Deep into Rectifiers", ICCV 2015; Glorot & Bengio, AISTATS 2010.
     """
     if mode not in ("fan_in", "fan_out", "fan_avg"):

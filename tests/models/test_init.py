@@ -1,5 +1,6 @@
 """jax_unlearn.models.init: each flat-drawn initialiser equals its jax.nn.initializers namesake bit for bit,
-for every kernel shape the models and EU-k's re-draw use, in both float widths and both threefry modes."""
+for each kind of kernel the models and EU-k's re-draw use (a conv, a 1×1 projection, a Dense), in both
+float widths and both threefry modes, and so does the whole ResNet's init."""
 import jax
 import jax.numpy as jnp
 import numpy as np
