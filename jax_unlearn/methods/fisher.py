@@ -126,8 +126,8 @@ def fisher(ctx: Context, *, alpha, batch_size: int, chunk_size: int) -> Method:
         var = fisher_variance(params, f, alpha)
         leaves, treedef = jax.tree_util.tree_flatten(params)
         keys = jax.tree_util.tree_unflatten(treedef, list(jax.random.split(key, len(leaves))))
-        noise = jax.tree_util.tree_map(lambda p, k: draw_flat(jax.random.normal, k, p.shape, p.dtype), params, keys)
-        noised = jax.tree_util.tree_map(lambda p, v, z: p + jnp.sqrt(v) * z, params, var, noise)
+        noised = jax.tree_util.tree_map(
+            lambda p, v, k: p + jnp.sqrt(v) * draw_flat(jax.random.normal, k, p.shape, p.dtype), params, var, keys)
         std = ravel_pytree(jax.tree_util.tree_map(jnp.sqrt, var))[0]
         return {"params": noised, "batch_stats": variables["batch_stats"]}, {"noise_std": jnp.mean(std)}
 

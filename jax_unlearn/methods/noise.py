@@ -22,8 +22,8 @@ from jax_unlearn.engine.train import (Context, TrainState, apply_eval, create_st
                                       supervised_step, variables_of)
 from jax_unlearn.engine.protocol import Method
 from jax_unlearn.methods.registry import register
-from jax_unlearn.models.init import draw_flat
 from jax_unlearn.methods.distill import bad_teacher_pass, retain_subset, run_pool, subset_size, valid_first
+from jax_unlearn.models.init import draw_flat
 
 
 def learn_noise(ctx: Context, variables, key, shape, num_classes: int, noise_images: int, steps: int,

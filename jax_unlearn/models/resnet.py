@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jax_unlearn.models.batchnorm import BatchNorm
-from jax_unlearn.models.init import uniform, variance_scaling
 from jax_unlearn.models.conv import Conv, ConvImpl, check_impl
+from jax_unlearn.models.init import uniform, variance_scaling
 
 # torchvision: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu") -> N(0, 2 / fan_out), untruncated.
 # Flax's initialisers' values, drawn flat: they compile several times faster (jax_unlearn/models/init.py).
