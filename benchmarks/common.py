@@ -107,12 +107,14 @@ def vmap_lanes(fn: Callable, in_axes: Sequence[int | None], lane_map: int = 0) -
     groups of ``M`` lanes of ``vmap(fn)`` — the same per-lane function (lanes never interact) computed
     ``M`` lanes at a time, which bounds the working set and gives XLA smaller batched ops. ``in_axes``
     entries are 0 (split by lane) or None (shared by all lanes); the lane count must be a multiple of M.
+    One lane (``M = 1``, or a single lane in all) runs ``fn`` unbatched
+    (:func:`jax_unlearn.engine.run.vmap_lanes`).
     """
     import jax
 
-    if any(a not in (0, None) for a in in_axes):
-        raise ValueError(f"in_axes entries must be 0 or None, got {in_axes}")
-    vf = jax.vmap(fn, in_axes=tuple(in_axes))
+    from jax_unlearn.engine.lanes import vmap_lanes as engine_vmap_lanes
+
+    vf = engine_vmap_lanes(fn, in_axes)
     if not lane_map:
         return vf
 

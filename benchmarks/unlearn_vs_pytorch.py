@@ -256,7 +256,8 @@ def _jax_worker(args, work: Path) -> dict:
 
     from converters import load_torch_checkpoint, torch_to_flax
     from jax_unlearn.data.types import Normalization
-    from jax_unlearn.engine.run import RunConfig, make_run, seed_keys
+    from jax_unlearn.engine.lanes import seed_keys
+    from jax_unlearn.engine.run import RunConfig, make_run
     from jax_unlearn.engine.train import Context, accuracy
     from jax_unlearn.methods import build_method
     from jax_unlearn.models import make_model, resolve_conv
@@ -373,6 +374,8 @@ def main(argv=None) -> dict:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     argv_w, env, backends = [*argv, "--device", device], common.worker_env(force_cpu=device == "cpu"), {}
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="unlearn_vs_pytorch_", dir=args.workdir) as tmp:
         work = Path(tmp)
         elapsed = common.stopwatch()

@@ -185,14 +185,15 @@ def test_lane_map_program_trains_the_same_lanes_as_plain_vmap():
 
     setup = throughput.make_setup(throughput.make_model("tiny", "float32", "gemm"), pool=16, image_size=16)
     outs = {}
-    for m in (0, 2):
+    for m in (0, 1, 2):  # 1: lax.map over single lanes, each the unbatched program
         fn, state, args = throughput.program(setup, lanes=4, batch=4, steps=2, lane_map=m)
         outs[m] = jax.jit(fn)(state, *args)
-    leaves = [jax.tree_util.tree_leaves(outs[m]) for m in (0, 2)]
-    assert len(leaves[0]) == len(leaves[1])
-    for a, b in zip(*leaves):
-        assert a.shape == b.shape and a.shape[0] == 4
-        np.testing.assert_allclose(np.asarray(b, np.float64), np.asarray(a, np.float64), rtol=1e-5, atol=1e-6)
+    leaves = {m: jax.tree_util.tree_leaves(outs[m]) for m in outs}
+    for m in (1, 2):
+        assert len(leaves[0]) == len(leaves[m])
+        for a, b in zip(leaves[0], leaves[m]):
+            assert a.shape == b.shape and a.shape[0] == 4
+            np.testing.assert_allclose(np.asarray(b, np.float64), np.asarray(a, np.float64), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="multiple of lane_map=3"):
         common.vmap_lanes(lambda a: a, (0,), 3)(np.zeros(4))
 

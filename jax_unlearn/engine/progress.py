@@ -1,11 +1,13 @@
-"""Progress of a running population, reported from inside the compiled program once per epoch per chunk.
+"""Progress of a running population, reported from inside the compiled program once per epoch per call.
 
 :func:`jax_unlearn.engine.run.make_run` takes an ``on_epoch`` host function and calls it with the epoch
 index through ``jax.debug.callback`` at the end of every epoch. The index is not a per-lane value, so under
 ``jax.vmap`` over lanes the callback runs once per epoch for the whole chunk, not once per lane; it is tied
 to the epoch's results with ``lax.optimization_barrier`` so it fires when the epoch is done, not when the
 loop iteration starts. With lanes sharded over several devices each device may report the same epoch; the
-reporter counts an epoch once.
+reporter counts an epoch once. On a single CPU :func:`~jax_unlearn.engine.run.run_seeds` calls a one-lane
+program once per seed (:func:`~jax_unlearn.engine.run.lanes_per_call`), so there the report is per epoch
+per seed, and lines say ``seed k/n`` instead of ``chunk k/n``.
 
 :class:`EpochProgress` is that host function plus the display: a tqdm bar (epochs of all chunks still to
 run, img/s, ETA) when stderr is a terminal, otherwise one plain line per epoch (logs, CI, notebooks).
@@ -47,14 +49,15 @@ class EpochProgress:
         self.use_bar = self.stream.isatty() if bar is None else bar
         self._bar = None
         self.n_chunks = self.chunks_done = 0
+        self.unit = "chunk"
         self.chunk = self.lanes = self.epoch_seen = -1
         self._t_chunk = self._t_last = 0.0
         self._compiled = False
         self.lines: list[str] = []
 
-    def start(self, n_chunks: int) -> None:
-        """``n_chunks`` chunks remain to run."""
-        self.n_chunks, self.chunks_done = int(n_chunks), 0
+    def start(self, n_chunks: int, unit: str = "chunk") -> None:
+        """``n_chunks`` compiled calls remain to run, each a ``unit`` (``'chunk'`` of lanes, or one ``'seed'``)."""
+        self.n_chunks, self.chunks_done, self.unit = int(n_chunks), 0, unit
         if self.use_bar and self._bar is None:
             from tqdm.auto import tqdm
 
@@ -83,11 +86,11 @@ class EpochProgress:
         left_epochs = (self.epochs - 1 - epoch) + (self.n_chunks - self.chunks_done - 1) * self.epochs
         per_epoch = (now - self._t_chunk) / (epoch + 1)
         if self._bar is not None:
-            self._bar.set_postfix_str(f"chunk {self.chunks_done + 1}/{self.n_chunks}, "
+            self._bar.set_postfix_str(f"{self.unit} {self.chunks_done + 1}/{self.n_chunks}, "
                                       f"{rate:,.0f} img/s" + (" (incl. compile)" if first else ""))
             self._bar.update(done_epochs)
             return
-        line = (f"[{self.desc}] chunk {self.chunks_done + 1}/{self.n_chunks} epoch {epoch + 1}/{self.epochs}: "
+        line = (f"[{self.desc}] {self.unit} {self.chunks_done + 1}/{self.n_chunks} epoch {epoch + 1}/{self.epochs}: "
                 f"{rate:,.0f} img/s" + (" (incl. compile)" if first else "") +
                 f", ETA {_duration(left_epochs * per_epoch)}")
         self.lines.append(line)

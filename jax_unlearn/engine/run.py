@@ -4,7 +4,9 @@
 per-lane hyper-parameter sweeps — into ``run(key, start_variables, data, hyper=None)``: ``lax.scan`` over
 epochs (each epoch a ``lax.scan`` over steps), per-epoch tracking computed on device. ``run_seeds`` applies
 ``jax.jit(jax.vmap(run))`` to chunks of K seed lanes — one compilation for all chunks — sharded over every
-visible device along a ``seed`` mesh axis, and hands each finished chunk to a callback (which saves it).
+visible device along a ``seed`` mesh axis, and hands each finished chunk to a callback (which saves it). On
+a single CPU a chunk's lanes run one at a time instead (:func:`lanes_per_call`: lanes buy no parallelism
+there, and the one-lane program compiles and runs faster).
 
 Keys: seed ``i`` uses ``fold_in(key(base_seed), i)``, so a seed's result does not depend on the chunk it
 ran in nor on how many devices ran it, and a resumed job recomputes exactly the chunks it lacks.
@@ -24,15 +26,14 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_unlearn.data.types import UnlearningData
+from jax_unlearn.engine.lanes import _to_host, lane_runner, lanes_per_call
 from jax_unlearn.engine.progress import EpochProgress
 from jax_unlearn.engine.train import Context, DeviceData, accuracy
 from jax_unlearn.engine.protocol import Method
 
 TRACK_SPLITS = ("retain", "forget", "validation")
-LANE_AXIS = "seed"  # the mesh axis the lanes (seeds, sweep settings) are sharded over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,97 +203,6 @@ def _blank(dtype):
     return jnp.nan if jnp.issubdtype(dtype, jnp.floating) else 0
 
 
-def seed_keys(base_seed: int, ids: Sequence[int] | np.ndarray) -> jax.Array:
-    """Typed keys ``fold_in(key(base_seed), i)`` for each seed id ``i``."""
-    base = jax.random.key(base_seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(ids, jnp.uint32))
-
-
-def lanes_run_in_parallel() -> bool:
-    """Whether the lanes of one vmapped program run in parallel on the default backend. Not on a CPU: one
-    model's step (or forward pass) already keeps every core busy, so k lanes take k times one lane's time,
-    while a program of more lanes compiles more slowly (ResNet-18's finetune: 8 lanes 21.5 s, 1 lane
-    11.1 s on a 2-core CPU, benchmarks/RESULTS.md) and a new lane count is a new program."""
-    return jax.devices()[0].platform != "cpu"
-
-
-def default_chunk_size(n_seeds: int, per_lane_bytes: int = 600 * 2**20) -> int:
-    """Lanes per chunk: per device from its free memory (half of it, ``per_lane_bytes`` a lane) times the
-    number of devices on accelerators; 8 on CPU. Never more than ``n_seeds``."""
-    devices = jax.devices()
-    stats = devices[0].memory_stats() if devices[0].platform != "cpu" else None
-    if stats and "bytes_limit" in stats:
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-        k = max(1, int(free * 0.5 // per_lane_bytes)) * len(devices)
-    else:
-        k = 8
-    return max(1, min(n_seeds, k))
-
-
-def _put(tree, sharding):
-    """Place a host-identical pytree with ``sharding`` (works across processes: each one supplies the
-    shards its devices hold)."""
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-
-    def one(a):
-        a = np.asarray(a)
-        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
-
-    return jax.tree_util.tree_map(one, tree)
-
-
-def _to_host(tree):
-    if jax.process_count() == 1:
-        return jax.tree_util.tree_map(np.asarray, tree)
-    from jax.experimental import multihost_utils
-
-    return jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
-
-
-def lane_runner(run: Callable, base_seed: int, start_variables, data: DeviceData, *, n_lanes: int,
-                devices: Sequence[jax.Device] | None = None):
-    """``call(ids, hyper=None) -> outputs``: ``run`` vmapped over ``n_lanes`` seed ids, jitted once.
-
-    ``ids`` (n_lanes,) int and ``hyper`` (a dict of (n_lanes,) arrays or None) are host arrays. With more
-    than one device, ``n_lanes`` must be a multiple of their number: ids and hyper are placed with
-    ``NamedSharding(Mesh(devices, ('seed',)), P('seed'))``, start variables and data replicated, and the
-    outputs come back sharded along the same axis (each device computes its own lanes; BatchNorm never
-    reduces over lanes, so the result does not depend on the device count). Keys are
-    ``fold_in(key(base_seed), id)`` computed on device, exactly :func:`seed_keys`.
-    """
-    devices = list(jax.devices() if devices is None else devices)
-    if n_lanes % len(devices):
-        raise ValueError(f"{n_lanes} lanes do not divide over {len(devices)} devices")
-    base = jax.random.key(base_seed)
-
-    def many(ids, start, data, hyper):
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
-        if hyper is None:
-            return jax.vmap(run, in_axes=(0, None, None))(keys, start, data)
-        return jax.vmap(run, in_axes=(0, None, None, 0))(keys, start, data, hyper)
-
-    if len(devices) == 1:
-        place_lanes = lambda tree: jax.device_put(tree, devices[0])  # noqa: E731
-        start_variables, data = jax.device_put((start_variables, data), devices[0])
-        fn = jax.jit(many)
-    else:
-        mesh = Mesh(np.asarray(devices), (LANE_AXIS,))
-        by_lane, replicated = NamedSharding(mesh, PartitionSpec(LANE_AXIS)), NamedSharding(mesh, PartitionSpec())
-        place_lanes = lambda tree: _put(tree, by_lane)  # noqa: E731
-        start_variables, data = _put((start_variables, data), replicated)
-        fn = jax.jit(many, out_shardings=by_lane)
-
-    def call(ids, hyper=None):
-        ids = np.asarray(ids, np.uint32)
-        if ids.shape != (n_lanes,):
-            raise ValueError(f"expected {n_lanes} ids, got shape {ids.shape}")
-        hyper = None if hyper is None else {k: np.asarray(v) for k, v in hyper.items()}
-        return fn(place_lanes(ids), start_variables, data, None if hyper is None else place_lanes(hyper))
-
-    return call
-
-
 def _check_lane_hyper(hyper: Mapping[str, Any] | None, n_seeds: int):
     if hyper is None:
         return None
@@ -321,7 +231,9 @@ def run_seeds(run: Callable, n_seeds: int, base_seed: int, start_variables, data
     up to a multiple of the device count lanes; the extra lanes — and, in the last chunk, lanes past
     ``n_seeds`` — run padding seed ids whose results are dropped, so chunk ``c`` always holds seeds
     ``c·chunk_size …`` (a run folder resumes the same whatever the device count). Pick a ``chunk_size``
-    that is a multiple of the device count to waste nothing. In a multi-process job every process gets
+    that is a multiple of the device count to waste nothing. On one CPU device the program holds one lane
+    (:func:`lanes_per_call`): a chunk's seeds run one after another and padding seeds are not run at all;
+    the chunk stays the unit that ``on_chunk`` saves and a resume skips. In a multi-process job every process gets
     every chunk's full outputs; ``on_chunk`` and ``done`` must agree across processes (e.g. save on
     process 0 only, to a shared folder).
     """
@@ -332,27 +244,38 @@ def run_seeds(run: Callable, n_seeds: int, base_seed: int, start_variables, data
     chunk_size = min(chunk_size, n_seeds)
     n_lanes = math.ceil(chunk_size / len(devices)) * len(devices)
     n_chunks = math.ceil(n_seeds / chunk_size)
-    call = lane_runner(run, base_seed, start_variables, data, n_lanes=n_lanes, devices=devices)
+    width = lanes_per_call(n_lanes, len(devices))
+    call = lane_runner(run, base_seed, start_variables, data, n_lanes=width, devices=devices)
     todo = [c for c in range(n_chunks) if not done(c)]
+
+    def lanes_of(c):  # the chunk's seed ids (padded to n_lanes) and which of them are kept
+        ids = c * chunk_size + np.arange(n_lanes)
+        return ids, (np.arange(n_lanes) < chunk_size) & (ids < n_seeds)
+
+    # Calls of `width` lanes; a call of padding lanes only is skipped (it happens only when width < n_lanes).
+    calls = {c: [at for at in range(0, n_lanes, width) if lanes_of(c)[1][at:at + width].any()] for c in todo}
     from tqdm.auto import tqdm
 
     show = (sys.stderr.isatty() if progress is None else progress) and epoch_progress is None
     if epoch_progress is not None:
-        epoch_progress.start(len(todo))
+        epoch_progress.start(sum(map(len, calls.values())), unit="chunk" if width == n_lanes else "seed")
     try:
         with tqdm(total=n_chunks, initial=n_chunks - len(todo), desc=desc, unit="chunk", disable=not show) as bar:
             for c in todo:
-                ids = c * chunk_size + np.arange(n_lanes)
-                keep = (np.arange(n_lanes) < chunk_size) & (ids < n_seeds)
-                lane_hyper = None if hyper is None else {k: v[np.minimum(ids, n_seeds - 1)] for k, v in hyper.items()}
-                if epoch_progress is not None:
-                    epoch_progress.start_chunk(c, int(keep.sum()))
-                start = time.perf_counter()
-                out = jax.block_until_ready(call(ids, lane_hyper))
+                ids, keep = lanes_of(c)
+                start, parts = time.perf_counter(), []
+                for at in calls[c]:
+                    sub, sub_keep = ids[at:at + width], keep[at:at + width]
+                    lane_hyper = (None if hyper is None else
+                                  {k: v[np.minimum(sub, n_seeds - 1)] for k, v in hyper.items()})
+                    if epoch_progress is not None:
+                        epoch_progress.start_chunk(c, int(sub_keep.sum()))
+                    out = jax.block_until_ready(call(sub, lane_hyper))
+                    if epoch_progress is not None:
+                        epoch_progress.end_chunk()
+                    parts.append(jax.tree_util.tree_map(lambda a: a[sub_keep], _to_host(out)))
                 seconds = time.perf_counter() - start
-                if epoch_progress is not None:
-                    epoch_progress.end_chunk()
-                host = jax.tree_util.tree_map(lambda a: a[keep], _to_host(out))
+                host = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
                 on_chunk(c, ids[keep], host)
                 if images_per_seed:
                     bar.set_postfix(img_s=f"{images_per_seed * int(keep.sum()) / seconds:,.0f}")

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, UnlearningData
-from jax_unlearn.engine.run import lanes_run_in_parallel
+from jax_unlearn.engine.lanes import lanes_run_in_parallel, vmap_lanes
 from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.models import make_model
 from jax_unlearn.metrics import logit_scaled_confidence
@@ -86,7 +86,7 @@ def _outputs_fn(num_classes: int, stem: str, dtype: str, normalization: Normaliz
                 out["retain_logits"] = logits[:n_shadow]
         return out
 
-    return jax.jit(jax.vmap(one_model, in_axes=(0, None)))
+    return jax.jit(vmap_lanes(one_model, (0, None)))  # one lane a call on a CPU: unbatched
 
 
 def _pad_lanes(tree, lanes: int):

@@ -17,7 +17,8 @@ import numpy as np
 
 from jax_unlearn.data.types import UnlearningData
 from jax_unlearn.engine.progress import EpochProgress
-from jax_unlearn.engine.run import RunConfig, context_for, default_chunk_size, device_data, make_run, run_seeds
+from jax_unlearn.engine.lanes import default_chunk_size
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, run_seeds
 from jax_unlearn.engine.hosts import is_primary, primary_answer, sync_processes
 from jax_unlearn.methods.hyper import check_hyper, check_seeds
 from jax_unlearn.methods import build_method, get_method

@@ -12,7 +12,8 @@ import torch
 
 from converters import flax_to_torch, infer_model_config, torch_to_flax
 from jax_unlearn.data.types import Normalization
-from jax_unlearn.engine.run import RunConfig, default_chunk_size, lanes_run_in_parallel, make_run, seed_keys
+from jax_unlearn.engine.lanes import default_chunk_size, lanes_run_in_parallel, seed_keys, vmap_lanes
+from jax_unlearn.engine.run import RunConfig, make_run
 from jax_unlearn.engine.train import Context, DeviceData
 from jax_unlearn.kaggle.loaders import DeviceSplits, batch_size_of, is_uint8_valued, read_loader
 from jax_unlearn.kaggle.splits import CLASS_COUNTS, LOADERS, TRAIN, splits_used
@@ -75,10 +76,11 @@ def unlearning_many(net: torch.nn.Module, retain_loader: Iterable, forget_loader
     """``n`` unlearned versions of ``net``, as torchvision state dicts, from vmapped runs of ``method``.
 
     Seed ``i`` (the ``i``-th state dict) uses key ``fold_in(key(base_seed), i)``; with ``base_seed=0`` it
-    equals ``unlearning(..., seed=i)`` (up to float32 summation order, ~1e-6 relative). Seeds run
-    ``chunk_size`` at a time in one compiled ``jit(vmap(run))`` (default: from free accelerator memory; one
-    on CPU, see :func:`_default_chunk`); the next chunk is computed while the caller consumes this one, and
-    at most two chunks are alive.
+    equals ``unlearning(..., seed=i)`` (up to float32 summation order, ~1e-6 relative, when chunks hold
+    several lanes). Seeds run ``chunk_size`` at a time in one compiled ``jit(vmap(run))`` (default: from
+    free accelerator memory; one on CPU, see :func:`_default_chunk`, and a one-lane chunk runs the
+    unbatched program, :func:`jax_unlearn.engine.lanes.vmap_lanes`); the next chunk is computed while the
+    caller consumes this one, and at most two chunks are alive.
 
     ``net`` must hold the model to unlearn (load ``original_model.pth`` into it first); it is not modified.
     Loaders are read, the checkpoint converted and the arguments checked when this is called (arguments as
@@ -178,7 +180,7 @@ def _runners(method: str, hyper: tuple, sizes: tuple, class_counts: tuple | None
     compiles once, not once per checkpoint."""
     ctx = Context(make_model(num_classes, stem, dtype, conv), Normalization(), dict(sizes), class_counts)
     run = make_run(ctx, build_method(method, ctx, **dict(hyper)), RunConfig(track=False))
-    return jax.jit(run), jax.jit(jax.vmap(run, in_axes=(0, None, None)))
+    return jax.jit(run), jax.jit(vmap_lanes(run, (0, None, None)))
 
 
 # ----------------------------------------------------------------------------------------------------- data

@@ -29,6 +29,16 @@ def draw_flat(draw, key, shape: Sequence[int], dtype, *args) -> jax.Array:
     return draw(key, (math.prod(shape),), dtype, *args).reshape(tuple(shape))
 
 
+def fan_in(shape: Sequence[int]) -> int:
+    """torch's fan-in of a Flax kernel: H·W·I for a conv (H, W, I, O), I for a Dense (I, O)."""
+    return math.prod(shape[:-1])
+
+
+def fan_out(shape: Sequence[int]) -> int:
+    """torch's fan-out of a Flax kernel: H·W·O for a conv (H, W, I, O), O for a Dense (I, O)."""
+    return shape[-1] * math.prod(shape[:-2])
+
+
 def variance_scaling(scale: float, mode: Literal["fan_in", "fan_out", "fan_avg"],
                      distribution: Literal["normal", "uniform"]) -> Initializer:
     """``jax.nn.initializers.variance_scaling(scale, mode, distribution)`` (in axis -2, out axis -1, the rest a
@@ -47,9 +57,8 @@ def variance_scaling(scale: float, mode: Literal["fan_in", "fan_out", "fan_avg"]
     def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
         if len(shape) < 2:
             raise ValueError(f"variance scaling needs a kernel of at least 2 dimensions, got shape {tuple(shape)}")
-        receptive = math.prod(shape) / shape[-2] / shape[-1]
-        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+        fans = {"fan_in": fan_in(shape), "fan_out": fan_out(shape)}
+        fan = fans[mode] if mode in fans else (fans["fan_in"] + fans["fan_out"]) / 2
         variance = jnp.array(scale / fan, dtype=dtype)  # as JAX's: the scale in the parameter's dtype
         if distribution == "normal":
             return draw_flat(jax.random.normal, key, shape, dtype) * jnp.sqrt(variance)

@@ -1,9 +1,11 @@
-"""Per-epoch progress from inside the compiled program: once per epoch per chunk, results unchanged."""
+"""Per-epoch progress from inside the compiled program: once per epoch per call, results unchanged."""
 import io
 
 import jax
 import numpy as np
+import pytest
 
+from jax_unlearn.engine import run as engine_run
 from jax_unlearn.engine.progress import EpochProgress
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, run_seeds
 from jax_unlearn.methods import build_method
@@ -21,7 +23,11 @@ def _population(tiny_data, tiny_model, on_epoch, epoch_progress=None, n_seeds=5,
     return out
 
 
-def test_progress_hook_fires_once_per_epoch_per_chunk_and_changes_nothing(tiny_data, tiny_model):
+@pytest.mark.parametrize("vmapped", [True, False], ids=["vmapped-chunks", "one-lane-calls"])
+def test_progress_hook_fires_once_per_epoch_per_call_and_changes_nothing(tiny_data, tiny_model, monkeypatch,
+                                                                         vmapped):
+    if vmapped:  # an accelerator's mode: a chunk's lanes in one vmapped call (on a CPU: one lane a call)
+        monkeypatch.setattr(engine_run, "lanes_per_call", lambda n_lanes, n_devices=1: n_lanes)
     stream = io.StringIO()
     reporter = EpochProgress("finetune", 3, tiny_data.sizes()["retain"], bar=False, stream=stream)
     with_hook = _population(tiny_data, tiny_model, reporter, reporter)
@@ -30,11 +36,13 @@ def test_progress_hook_fires_once_per_epoch_per_chunk_and_changes_nothing(tiny_d
     for c in without:
         for a, b in zip(jax.tree_util.tree_leaves(with_hook[c]), jax.tree_util.tree_leaves(without[c])):
             np.testing.assert_array_equal(a, b)
-    # 5 seeds in chunks of 3 lanes: 2 chunks x 3 epochs = 6 reports, not one per lane (3 lanes) or per step.
+    # 5 seeds in chunks of 3 lanes, 3 epochs: vmapped, 2 chunks x 3 epochs = 6 reports, not one per lane or
+    # per step; one lane a call, 5 seeds x 3 epochs (the last chunk's padding lane is not run).
+    unit, calls = ("chunk", 2) if vmapped else ("seed", 5)
     lines = stream.getvalue().splitlines()
-    assert lines == reporter.lines and len(lines) == 6
-    assert [line.split(":")[0] for line in lines] == [f"[finetune] chunk {c}/2 epoch {e}/3" for c in (1, 2)
-                                                      for e in (1, 2, 3)]
+    assert lines == reporter.lines and len(lines) == 3 * calls
+    assert [line.split(":")[0] for line in lines] == [f"[finetune] {unit} {c}/{calls} epoch {e}/3"
+                                                      for c in range(1, calls + 1) for e in (1, 2, 3)]
     assert "img/s" in lines[0] and "ETA" in lines[0] and lines[-1].endswith("ETA 0s")
 
 

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
+
+from jax_unlearn.engine.lanes import seed_keys, vmap_lanes
 from jax_unlearn.jobs.populations import run_population
 from jax_unlearn.methods import build_method
 from jax_unlearn.jobs.folders import RunFolderError, export_pth
@@ -51,6 +53,27 @@ def _check_vmap_equals_single(tiny_data, tiny_model, start, tol):
     assert not np.allclose(a, b)  # different seeds, different batch orders, different models
     assert set(many_metrics) == {"loss", "retain_acc", "forget_acc", "validation_acc", "finite"}
     assert many_metrics["loss"].shape == (3, 2)
+
+
+def test_vmap_lanes_runs_one_lane_unbatched_and_more_as_vmap():
+    seen = []
+
+    def fn(key, x, hyper):
+        seen.append(isinstance(hyper["scale"], jax.core.Tracer))
+        return {"y": jax.random.normal(key, x.shape) * hyper["scale"] + x, "s": jnp.sum(x)}
+
+    x = jnp.arange(6.0).reshape(2, 3)
+    for lanes in (1, 3):
+        keys = seed_keys(0, np.arange(lanes))
+        hyper = {"scale": jnp.arange(1.0, lanes + 1.0)}
+        seen.clear()
+        out = vmap_lanes(fn, (0, None, 0))(keys, x, hyper)
+        assert seen == [lanes > 1]  # one lane: fn itself on the lane's (unbatched) arrays, no vmap tracer
+        want = jax.vmap(fn, in_axes=(0, None, 0))(keys, x, hyper)
+        assert out["y"].shape == (lanes, 2, 3) and out["s"].shape == (lanes,)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, out, want)
+    with pytest.raises(ValueError, match="must be 0 or None"):
+        vmap_lanes(fn, (1, None, 0))
 
 
 def test_population_chunks_resume_and_export(tmp_path, tiny_data, tiny_model, start):
@@ -172,7 +195,7 @@ class _FakeGpu:
     (1, 0, 1, 512, 1),     # at least one lane
 ])
 def test_default_chunk_size_from_free_device_memory(monkeypatch, limit_gib, in_use_gib, n_devices, n_seeds, want):
-    import jax_unlearn.engine.run as engine
+    import jax_unlearn.engine.lanes as engine
 
     devices = [_FakeGpu(limit_gib * 2**30, in_use_gib * 2**30) for _ in range(n_devices)]
     monkeypatch.setattr(engine.jax, "devices", lambda: devices)
@@ -180,7 +203,7 @@ def test_default_chunk_size_from_free_device_memory(monkeypatch, limit_gib, in_u
 
 
 def test_default_chunk_size_on_cpu_is_eight():
-    from jax_unlearn.engine.run import default_chunk_size
+    from jax_unlearn.engine.lanes import default_chunk_size
 
     assert default_chunk_size(512) == 8 and default_chunk_size(3) == 3
 

@@ -4,9 +4,10 @@ The device count is fixed when JAX starts, and this pytest process already start
 so the check runs in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` set before
 JAX is imported. There, the same sweep (per-lane lr) runs over all four devices with chunks of 3 seeds —
 each compiled as 4 lanes, one per device, the fourth a padding lane — and over one device with a single
-chunk of 6, and the models are compared in float64, where both compute the same function (in float32
-the per-device programs sum in another order than the 6-lane one: measured 1.1e-6 max relative error per
-tensor, the effect seen for vmapped vs single seed in test_run.py). Multi-process runs (the same code after
+chunk of 6 (run one seed a call, as on any single CPU device), and the models are compared in float64,
+where both compute the same function (in float32 the per-device programs sum in another order than the
+single-seed one: measured 1.1e-6 max relative error per tensor, the effect seen for vmapped vs single seed
+in test_run.py). Multi-process runs (the same code after
 ``jax.distributed.initialize``) are tested in test_multihost.py with two processes over loopback.
 """
 import json
@@ -75,7 +76,8 @@ def test_four_devices_give_the_same_models_as_one():
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["devices"] == 4
-    assert result["placed"] == [4, 4, 1]  # two chunks over four devices, then the one-device run
+    # Two chunks over four devices, then the one-device run: one seed a call on a single CPU (lanes_per_call).
+    assert result["placed"] == [4, 4] + [1] * 6
     assert result["seeds"] == list(range(6))
     assert result["differ"]
     assert result["max_rel"] <= 1e-6, result

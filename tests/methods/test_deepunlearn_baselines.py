@@ -12,7 +12,8 @@ import pytest
 
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
 from jax_unlearn.engine.losses import cross_entropy
-from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
+from jax_unlearn.engine.lanes import seed_keys
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.engine.train import forward_eval
 from jax_unlearn.methods import METHODS, build_method
 from jax_unlearn.methods import fisher as fisher_mod

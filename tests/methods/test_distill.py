@@ -10,7 +10,8 @@ import pytest
 
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
 from jax_unlearn.engine.losses import cross_entropy, kl_divergence
-from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
+from jax_unlearn.engine.lanes import seed_keys
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.engine.optim import torch_adam
 from jax_unlearn.engine.train import create_state, predict, variables_of
 from jax_unlearn.methods import METHODS as METHOD_TABLE

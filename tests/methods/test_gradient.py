@@ -20,7 +20,8 @@ from jax_unlearn.data.types import Normalization, Split, UnlearningData
 from jax_unlearn.engine import masks
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import torch_sgd
-from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
+from jax_unlearn.engine.lanes import seed_keys
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.engine.train import accuracy, forward_eval
 from jax_unlearn.methods import METHODS, build_method
 from jax_unlearn.methods.finetune import supervised

@@ -11,7 +11,8 @@ import pytest
 
 from tiny import synthetic_split  # tests/ is on sys.path (tests/conftest.py)
 from jax_unlearn.data.types import Normalization, UnlearningData
-from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
+from jax_unlearn.engine.lanes import seed_keys
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.optim import torch_sgd
 from jax_unlearn.engine.train import Context, create_state, predict, supervised_step, variables_of

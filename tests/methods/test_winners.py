@@ -15,7 +15,8 @@ from jax_unlearn.methods.winners.fanchuan import fanchuan_contrastive_loss
 from jax_unlearn.methods.winners.sebastian import sebastian_class_weights
 from jax_unlearn.methods.winners.seif import seif_class_weights, seif_noise
 from jax_unlearn.data.types import Normalization, Split, UnlearningData
-from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, seed_keys
+from jax_unlearn.engine.lanes import seed_keys
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.methods import METHODS, build_method
 from jax_unlearn.models import ResNet
 

@@ -40,6 +40,7 @@ from jax_unlearn.engine.batches import epoch_batches, steps_per_epoch
 from jax_unlearn.engine.losses import cross_entropy
 from jax_unlearn.engine.masks import leaf_kinds
 from jax_unlearn.engine.train import MultiOptState
+from jax_unlearn.models.init import fan_in
 
 REF = "NeurIPS 2023 Machine Unlearning Challenge (Kaggle); port: xcadet/deepunlearn munl/unlearning/"
 
@@ -72,16 +73,6 @@ def kind_mask(params, *kinds: str):
     """A params-shaped tree of Python bools: the leaf's layer kind (:func:`~jax_unlearn.engine.masks.leaf_kinds`:
     ``'conv'``, ``'linear'``, ``'batchnorm'``) is one of ``kinds``. Static, so it picks leaves at trace time."""
     return jax.tree_util.tree_map(lambda kind: kind in kinds, leaf_kinds(params))
-
-
-def fan_in(shape) -> int:
-    """torch's fan-in of a Flax kernel: H·W·I for a conv (H, W, I, O), I for a Dense (I, O)."""
-    return math.prod(shape[:-1])
-
-
-def fan_out(shape) -> int:
-    """torch's fan-out of a Flax kernel: H·W·O for a conv (H, W, I, O), O for a Dense (I, O)."""
-    return shape[-1] * math.prod(shape[:-2])
 
 
 def standard_draws(key, shapes, distribution: str = "normal", dtype=jnp.float32) -> list:

@@ -15,8 +15,9 @@ from jax_unlearn.engine.optim import torch_sgd
 from jax_unlearn.engine.protocol import Method
 from jax_unlearn.engine.train import epoch_over, loss_and_grads, loss_step, multi_opt_state, next_epoch, variables_of
 from jax_unlearn.methods.registry import register
-from jax_unlearn.methods.winners.common import ce_loss, fan_out, kind_mask, standard_draws
+from jax_unlearn.methods.winners.common import ce_loss, kind_mask, standard_draws
 from jax_unlearn.methods.winners.common import REF as _REF
+from jax_unlearn.models.init import fan_out
 
 
 def _accumulated_gradient(ctx, params, batch_stats, images, labels, idx, mask, signs):

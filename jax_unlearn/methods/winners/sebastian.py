@@ -16,8 +16,9 @@ from jax_unlearn.engine.protocol import Method
 from jax_unlearn.engine.train import loss_step, multi_opt_state, next_epoch, run_batches, teacher_logits, variables_of
 from jax_unlearn.methods.registry import register
 from jax_unlearn.methods.winners.common import (
-    fan_in, half_round_trip, kind_mask, retain_class_counts, shuffled_batches, standard_draws)
+    half_round_trip, kind_mask, retain_class_counts, shuffled_batches, standard_draws)
 from jax_unlearn.methods.winners.common import REF as _REF
+from jax_unlearn.models.init import fan_in
 
 
 def sebastian_class_weights(labels, num_classes: int, exponent) -> jax.Array:
