@@ -30,7 +30,9 @@ JAX program variants, the same function each: ``--conv`` lowers the convolutions
 (``xla``), im2col + batched GEMMs (``gemm``) or GEMM blocks with an XLA stem (``gemm-body``); ``auto`` (default)
 is the platform's default lowering (:data:`jax_unlearn.models.AUTO_LOWERING`), recorded resolved
 (:data:`common.CONV_LOWERINGS`); ``--lane-map M`` computes the K lanes as ``lax.map`` over K/M groups of M
-vmapped lanes (:func:`common.vmap_lanes`). Nothing is donated here: every chunk reuses the start weights
+vmapped lanes (:func:`common.vmap_lanes`); by default the JAX side runs the lanes as the engine does
+(:func:`jax_unlearn.engine.lanes.lanes_per_call`): one at a time on a CPU (``M = 1``), plain vmap elsewhere.
+Nothing is donated here: every chunk reuses the start weights
 and the data, and its outputs are new buffers. The original model is trained with the platform's default lowering.
 
 Usage (from the repository root)::
@@ -88,8 +90,9 @@ def parse_args(argv):
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="JAX compute dtype")
     p.add_argument("--conv", choices=common.CONV_CHOICES, default="auto",
                    help="how the JAX model lowers its convolutions (same function; see benchmarks/common.py)")
-    p.add_argument("--lane-map", type=int, default=0,
-                   help="JAX: lax.map over groups of this many vmapped lanes (0: plain vmap over all K)")
+    p.add_argument("--lane-map", type=int, default=None,
+                   help="JAX: lax.map over groups of this many vmapped lanes (0: plain vmap over all K; default: "
+                        "as the engine, one lane at a time on a CPU, plain vmap elsewhere)")
     p.add_argument("--acc-tol", type=float, default=0.01, help="accuracy agreement floor (absolute)")
     p.add_argument("--out", default="out/benchmarks/unlearn_vs_pytorch", help="output prefix (.json, .md)")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
@@ -103,9 +106,9 @@ def parse_args(argv):
         p.error(f"--backends must be a subset of {BACKENDS}, got {args.backends!r}")
     if min(args.runs, args.procs, args.lanes, args.eval_runs, args.eval_max) < 1:
         p.error("--runs, --procs, --lanes, --eval-runs and --eval-max must be >= 1")
-    if args.lane_map < 0 or (args.lane_map and min(args.lanes, args.runs) % args.lane_map):
-        p.error(f"--lane-map must be 0 or divide the lanes per chunk ({min(args.lanes, args.runs)}), "
-                f"got {args.lane_map}")
+    lanes = min(args.lanes, args.runs)
+    if args.lane_map is not None and (args.lane_map < 0 or (args.lane_map and lanes % args.lane_map)):
+        p.error(f"--lane-map must be 0 or divide the lanes per chunk ({lanes}), got {args.lane_map}")
     if args.image_size != 32 and (args.data != "synthetic" or args.original_epochs):
         p.error("--image-size other than 32 needs --data synthetic and --original-epochs 0")
     args.backends = backends
@@ -256,7 +259,7 @@ def _jax_worker(args, work: Path) -> dict:
 
     from converters import load_torch_checkpoint, torch_to_flax
     from jax_unlearn.data.types import Normalization
-    from jax_unlearn.engine.lanes import seed_keys
+    from jax_unlearn.engine.lanes import lanes_per_call, seed_keys
     from jax_unlearn.engine.run import RunConfig, make_run
     from jax_unlearn.engine.train import Context, accuracy
     from jax_unlearn.methods import build_method
@@ -274,7 +277,8 @@ def _jax_worker(args, work: Path) -> dict:
     upload_s = elapsed()
     k = min(args.lanes, args.runs)
     n_chunks = -(-args.runs // k)
-    fn = jax.jit(common.vmap_lanes(run, (0, None, None), args.lane_map))
+    lane_map = args.lane_map if args.lane_map is not None else (0 if lanes_per_call(k) == k else 1)
+    fn = jax.jit(common.vmap_lanes(run, (0, None, None), lane_map))
     compiled, compile_s = common.compile_jax(fn, seed_keys(args.seed, np.arange(k)), start_vars, data)
     evaluate = jax.jit(lambda v: {s: accuracy(ctx, v, *ev[s]) for s in ev})
     scores = lambda v: {s: float(a) for s, a in evaluate(v).items()}  # noqa: E731
@@ -290,7 +294,7 @@ def _jax_worker(args, work: Path) -> dict:
             accs[int(ids[lane])] = scores(jax.tree_util.tree_map(lambda a: a[lane], variables))
     # One process, chunks back to back: its wall time is the sum of the chunk times (evaluations excluded).
     return dict(ids=list(range(args.runs)), times=times, start=start, end=start + sum(times), compile_s=compile_s,
-                upload_s=upload_s, lanes=k, chunks=n_chunks, conv=resolve_conv(args.conv), lane_map=args.lane_map,
+                upload_s=upload_s, lanes=k, chunks=n_chunks, conv=resolve_conv(args.conv), lane_map=lane_map,
                 peak=common.jax_peak_bytes(),
                 memory_plan=common.compiled_memory(compiled), accs=accs, original_acc=scores(start_vars),
                 device=common.jax_device_info(), host_peak_rss=common.host_peak_rss_bytes())
