@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common, gpu_check, throughput  # noqa: E402
+from benchmarks import common, gpu_check, progress_overhead, throughput  # noqa: E402
 from benchmarks import unlearn_vs_pytorch as uvp  # noqa: E402
 from jax_unlearn.cli.main import build_parser  # noqa: E402
 from jax_unlearn.leaderboard.presets import PRESETS  # noqa: E402
@@ -225,6 +225,23 @@ def test_unlearn_vs_pytorch_jax_gemm_plain_vmap_trains_models_as_accurate_as_tor
     assert abs(jax_b["accuracy"]["test"]["mean"] - eager["accuracy"]["test"]["mean"]) <= 1 / 16 + 1e-9
     assert all(abs(jax_b["original_acc"][s] - eager["original_acc"][s]) <= 1 / 16 + 1e-9 for s in eager["original_acc"])
     assert "| float32 gemm |" in (tmp_path / "u.md").read_text()
+
+
+def test_progress_overhead_times_both_variants_and_counts_the_reports(tmp_path):
+    argv = ["--arch", "tiny", "--retain", "40", "--batch-size", "16", "--epochs", "2", "--seeds", "2",
+            "--repeats", "2", "--out", str(tmp_path / "po")]
+    result = progress_overhead.main(argv)
+    on_disk = json.loads((tmp_path / "po.json").read_text())
+    assert on_disk["command"] == "python benchmarks/progress_overhead.py " + " ".join(argv)
+    assert set(on_disk["timing"]) == {"with hook", "without"}
+    for t in on_disk["timing"].values():
+        assert len(t["times_s"]) == 2 and 0 < t["min_s"] <= t["median_s"] <= t["max_s"]
+    assert math.isfinite(result["with_over_without"]) and result["with_over_without"] > 0
+    # One report per epoch per seed (one lane a call on a CPU), in the warm-up and both timed populations.
+    assert result["config"]["lanes_per_call"] == 1 and result["reports"] == 3 * 2 * 2
+    assert "with / without" in (tmp_path / "po.md").read_text()
+    with pytest.raises(SystemExit):
+        progress_overhead.parse_args(["--seeds", "0"])
 
 
 def test_gpu_check_plan_parses_with_the_scripts_own_parsers_and_fits_a_600s_command(tmp_path):

@@ -1,13 +1,14 @@
 """Progress of a running population, reported from inside the compiled program once per epoch per call.
 
 :func:`jax_unlearn.engine.run.make_run` takes an ``on_epoch`` host function and calls it with the epoch
-index through ``jax.debug.callback`` at the end of every epoch. The index is not a per-lane value, so under
-``jax.vmap`` over lanes the callback runs once per epoch for the whole chunk, not once per lane; it is tied
-to the epoch's results with ``lax.optimization_barrier`` so it fires when the epoch is done, not when the
-loop iteration starts. With lanes sharded over several devices each device may report the same epoch; the
-reporter counts an epoch once. On a single CPU :func:`~jax_unlearn.engine.run.run_seeds` calls a one-lane
-program once per seed (:func:`~jax_unlearn.engine.run.lanes_per_call`), so there the report is per epoch
-per seed, and lines say ``seed k/n`` instead of ``chunk k/n``.
+index through ``jax.debug.callback`` at the end of every epoch; the lane's ``finite`` flag is a second
+operand, so the callback waits for the epoch's results (an ``optimization_barrier`` on the index alone let
+XLA:CPU run it as the epoch began). Under ``jax.vmap`` over lanes the callback therefore runs once per lane
+and epoch, with lanes sharded over several devices on each device, all with the same index: the reporter
+counts an epoch once, so a chunk still prints one line per epoch. On a single CPU
+:func:`~jax_unlearn.engine.run.run_seeds` calls a one-lane program once per seed
+(:func:`~jax_unlearn.engine.lanes.lanes_per_call`), so there the report is per epoch per seed, and lines
+say ``seed k/n`` instead of ``chunk k/n``.
 
 :class:`EpochProgress` is that host function plus the display: a tqdm bar (epochs of all chunks still to
 run, img/s, ETA) when stderr is a terminal, otherwise one plain line per epoch (logs, CI, notebooks).
@@ -75,7 +76,7 @@ class EpochProgress:
     def __call__(self, epoch) -> None:
         """The in-program hook: epoch ``epoch`` (0-based) of the running chunk is done."""
         epoch = int(epoch)
-        if epoch <= self.epoch_seen:  # reported already (another device of a sharded chunk)
+        if epoch <= self.epoch_seen:  # reported already (another lane, or another device's lanes)
             return
         now = time.perf_counter()
         done_epochs = epoch - self.epoch_seen

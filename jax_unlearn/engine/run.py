@@ -92,11 +92,11 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
         are traced per-lane scalars (optax takes traced scalars); structural ones (batch size, the
         number of epochs scanned) stay Python ints in the closure.
       config: tracking and snapshots.
-      on_epoch: a host function called with the epoch index (a scalar array) after every epoch, from inside
-        the compiled program (``jax.debug.callback``); under ``jax.vmap`` over lanes it runs once per epoch,
-        not once per lane (the index is the same for all lanes). It cannot change results: the only thing
-        added to the program is the callback and an ``optimization_barrier`` that makes it wait for the
-        epoch's metrics. See :class:`jax_unlearn.engine.progress.EpochProgress`.
+      on_epoch: a host function called with the epoch index (a scalar array) when an epoch is done, from
+        inside the compiled program (``jax.debug.callback`` with the lane's ``finite`` flag as a second
+        operand, so that it waits for the epoch's results). Under ``jax.vmap`` over lanes ``jax.debug``
+        unrolls it: once per lane and epoch, all with the same index, which the reporter counts once. It
+        cannot change results: the callback only reads. See :class:`jax_unlearn.engine.progress.EpochProgress`.
 
     ``hyper`` (per lane; under ``jax.vmap`` pass it with ``in_axes=0`` like the key): a dict of scalars.
     Its ``epochs`` entry, when present, is the lane's number of epochs ≤ ``num_epochs`` ("epochs as step
@@ -157,10 +157,11 @@ def make_run(ctx: Context, method: Method | Callable[[Mapping[str, jax.Array]], 
             metrics = {**metrics, **track(m, state, data),
                        "finite": _finite(m.variables(state), metrics, e, lane_epochs)}
             if on_epoch is not None:
-                # The barrier ties the (lane-independent) epoch index to this epoch's results, so the host
-                # hears of the epoch when it is done, once for all lanes.
-                e_done, metrics = jax.lax.optimization_barrier((e, metrics))
-                jax.debug.callback(on_epoch, e_done)
+                # The lane's finite flag, computed from this epoch's weights and loss, is an operand so that
+                # the callback waits for the epoch to finish. Tying the epoch index alone to the results
+                # with lax.optimization_barrier did not: XLA:CPU's thunk runtime ran the callback as soon as
+                # the index existed, i.e. as the epoch began. Under vmap the callback unrolls over lanes.
+                jax.debug.callback(lambda epoch, finite: on_epoch(epoch), e, metrics["finite"])
             return state, metrics
 
         if every is None:
