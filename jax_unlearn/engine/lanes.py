@@ -88,7 +88,9 @@ def _put(tree, sharding):
     return jax.tree_util.tree_map(one, tree)
 
 
-def _to_host(tree):
+def to_host(tree):
+    """``tree``'s arrays as NumPy arrays on this host; in a multi-process job each process gets all of them
+    (``process_allgather`` of the lane-sharded outputs)."""
     if jax.process_count() == 1:
         return jax.tree_util.tree_map(np.asarray, tree)
     from jax.experimental import multihost_utils
@@ -98,7 +100,8 @@ def _to_host(tree):
 
 def lane_runner(run: Callable, base_seed: int, start_variables, data: DeviceData, *, n_lanes: int,
                 devices: Sequence[jax.Device] | None = None):
-    """``call(ids, hyper=None) -> outputs``: ``run`` vmapped over ``n_lanes`` seed ids, jitted once.
+    """``call(ids, hyper=None) -> outputs``: ``run`` vmapped over ``n_lanes`` seed ids (:func:`vmap_lanes`:
+    one lane runs unbatched), jitted once.
 
     ``ids`` (n_lanes,) int and ``hyper`` (a dict of (n_lanes,) arrays or None) are host arrays. With more
     than one device, ``n_lanes`` must be a multiple of their number: ids and hyper are placed with

@@ -5,8 +5,8 @@ per-lane hyper-parameter sweeps — into ``run(key, start_variables, data, hyper
 epochs (each epoch a ``lax.scan`` over steps), per-epoch tracking computed on device. ``run_seeds`` applies
 ``jax.jit(jax.vmap(run))`` to chunks of K seed lanes — one compilation for all chunks — sharded over every
 visible device along a ``seed`` mesh axis, and hands each finished chunk to a callback (which saves it). On
-a single CPU a chunk's lanes run one at a time instead (:func:`lanes_per_call`: lanes buy no parallelism
-there, and the one-lane program compiles and runs faster).
+a single CPU a chunk's lanes run one at a time instead (:func:`~jax_unlearn.engine.lanes.lanes_per_call`:
+lanes buy no parallelism there, and the one-lane program compiles and runs faster).
 
 Keys: seed ``i`` uses ``fold_in(key(base_seed), i)``, so a seed's result does not depend on the chunk it
 ran in nor on how many devices ran it, and a resumed job recomputes exactly the chunks it lacks.
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_unlearn.data.types import UnlearningData
-from jax_unlearn.engine.lanes import _to_host, lane_runner, lanes_per_call
+from jax_unlearn.engine.lanes import lane_runner, lanes_per_call, to_host
 from jax_unlearn.engine.progress import EpochProgress
 from jax_unlearn.engine.train import Context, DeviceData, accuracy
 from jax_unlearn.engine.protocol import Method
@@ -228,15 +228,15 @@ def run_seeds(run: Callable, n_seeds: int, base_seed: int, start_variables, data
     ``run(key_i, start, data, {k: v[i]})`` (``run`` from :func:`make_run` with a ``build`` closure).
 
     Devices (``jax.devices()`` unless given; all hosts' after :func:`~jax_unlearn.engine.hosts.init_distributed`): each chunk's
-    lanes are sharded over them (:func:`lane_runner`). The compiled program holds ``chunk_size`` rounded
-    up to a multiple of the device count lanes; the extra lanes — and, in the last chunk, lanes past
-    ``n_seeds`` — run padding seed ids whose results are dropped, so chunk ``c`` always holds seeds
-    ``c·chunk_size …`` (a run folder resumes the same whatever the device count). Pick a ``chunk_size``
-    that is a multiple of the device count to waste nothing. On one CPU device the program holds one lane
-    (:func:`lanes_per_call`): a chunk's seeds run one after another and padding seeds are not run at all;
-    the chunk stays the unit that ``on_chunk`` saves and a resume skips. In a multi-process job every process gets
-    every chunk's full outputs; ``on_chunk`` and ``done`` must agree across processes (e.g. save on
-    process 0 only, to a shared folder).
+    lanes are sharded over them (:func:`~jax_unlearn.engine.lanes.lane_runner`). The compiled program holds
+    ``chunk_size`` rounded up to a multiple of the device count lanes; the extra lanes — and, in the last
+    chunk, lanes past ``n_seeds`` — run padding seed ids whose results are dropped, so chunk ``c`` always
+    holds seeds ``c·chunk_size …`` (a run folder resumes the same whatever the device count). Pick a
+    ``chunk_size`` that is a multiple of the device count to waste nothing. On one CPU device the program
+    holds one lane (:func:`~jax_unlearn.engine.lanes.lanes_per_call`): a chunk's seeds run one after another
+    and padding seeds are not run at all; the chunk stays the unit that ``on_chunk`` saves and a resume
+    skips. In a multi-process job every process gets every chunk's full outputs; ``on_chunk`` and ``done``
+    must agree across processes (e.g. save on process 0 only, to a shared folder).
     """
     if n_seeds < 1 or chunk_size < 1:
         raise ValueError(f"n_seeds and chunk_size must be >= 1, got {n_seeds}, {chunk_size}")
@@ -274,7 +274,7 @@ def run_seeds(run: Callable, n_seeds: int, base_seed: int, start_variables, data
                     out = jax.block_until_ready(call(sub, lane_hyper))
                     if epoch_progress is not None:
                         epoch_progress.end_chunk()
-                    parts.append(jax.tree_util.tree_map(lambda a: a[sub_keep], _to_host(out)))
+                    parts.append(jax.tree_util.tree_map(lambda a: a[sub_keep], to_host(out)))
                 seconds = time.perf_counter() - start
                 host = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
                 on_chunk(c, ids[keep], host)

@@ -44,8 +44,8 @@ SCRIPT = textwrap.dedent("""
     run = engine.make_run(ctx, plan.build, engine.RunConfig(track=False))
 
     placed = []
-    to_host = engine._to_host
-    engine._to_host = lambda tree: (placed.append(len(jax.tree_util.tree_leaves(tree)[0].sharding.device_set)),
+    to_host = engine.to_host
+    engine.to_host = lambda tree: (placed.append(len(jax.tree_util.tree_leaves(tree)[0].sharding.device_set)),
                                     to_host(tree))[1]
 
     def collect(devices, chunk_size):
