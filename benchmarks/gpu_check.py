@@ -12,7 +12,10 @@ step under its own time budget, in order of value:
 4. ``unlearn``: ``benchmarks/unlearn_vs_pytorch.py``, 512 Kaggle-baseline runs on a 28k-image retain set by
    jax-unlearn (64 lanes, ``gemm``, bf16; run first) against PyTorch eager (8 runs timed, extrapolated to
    512 and flagged so): the 512-runs-under-60-s target, and the accuracy of bf16 runs against fp32 torch;
-5. ``leaderboard`` (not in the default call: a lease of its own, ``--only leaderboard``): ``jax-unlearn
+5. ``progress`` (not in the default call: ``--only progress``): ``benchmarks/progress_overhead.py`` at 64
+   vmapped lanes — the per-epoch progress hook, which ``jax.debug`` unrolls over the lanes, with against
+   without (ResNet-18 retrain, 3 epochs, 8,192 synthetic retain images, fp32);
+6. ``leaderboard`` (not in the default call: a lease of its own, ``--only leaderboard``): ``jax-unlearn
    leaderboard --preset gpu-short`` — the leaderboard's whole protocol (original, disjoint tuning and
    scoring retrain populations, successive-halving tuning, fresh-seed scoring with bootstrap intervals) on
    ResNet-18 with reduced data, N = 32 and two methods; its tables (not its run folders, gigabytes of
@@ -53,6 +56,7 @@ if __package__ in (None, ""):  # python benchmarks/gpu_check.py
 from benchmarks import common, throughput  # noqa: E402
 
 THROUGHPUT_OUT, UNLEARN_OUT = "throughput_64x64_bf16", "unlearn_vs_pytorch_512_gemm_bf16"  # in --results
+PROGRESS_OUT = "progress_overhead_64"  # in --results
 LEADERBOARD_OUT = "leaderboard_gpu_short"  # in --results: the study's tables; its run folders stay beside it
 LEADERBOARD_FILES = ("LEADERBOARD.md", "leaderboard.csv", "tuning.csv", "leaderboard.png", "config.json")
 RETRAIN_EPOCHS = 30  # the official recipe (methods/finetune.py: retrain)
@@ -99,6 +103,9 @@ def plan(res: Path, data_dir: str | None) -> list[Step]:
                               "--backends", "jax,eager", "--eager-runs", "8", "--max-train", "31111",
                               "--original-epochs", "5", "--conv", "gemm", "--dtype", "bfloat16", *data,
                               "--out", str(res / UNLEARN_OUT))),
+        Step("progress", 200, (py, "benchmarks/progress_overhead.py", "--method", "retrain", "--epochs", "3",
+                               "--retain", "8192", "--seeds", "64", "--repeats", "3",
+                               "--out", str(res / PROGRESS_OUT)), default=False),
         Step("leaderboard", 520, (py, "-m", "jax_unlearn.cli.main", "leaderboard", "--preset", "gpu-short",
                                   "--out", str(study), *data),
              default=False, collect=(study, res / LEADERBOARD_OUT)),

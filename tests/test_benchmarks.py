@@ -246,11 +246,13 @@ def test_progress_overhead_times_both_variants_and_counts_the_reports(tmp_path):
 
 def test_gpu_check_plan_parses_with_the_scripts_own_parsers_and_fits_a_600s_command(tmp_path):
     steps = gpu_check.plan(tmp_path, "/data/fmnist")
-    assert [s.name for s in steps] == ["env", "parity", "throughput", "unlearn", "leaderboard"]
+    assert [s.name for s in steps] == ["env", "parity", "throughput", "unlearn", "progress", "leaderboard"]
     assert [s.name for s in steps if s.default] == ["env", "parity", "throughput", "unlearn"]
     assert sum(s.budget_s for s in steps if s.default) <= 540
     by_name = {s.name: s for s in steps}
     assert by_name["leaderboard"].budget_s <= 540  # a call of its own
+    po = progress_overhead.parse_args(list(by_name["progress"].argv[2:]))
+    assert (po.method, po.seeds, po.epochs) == ("retrain", 64, 3) and Path(po.out) == tmp_path / gpu_check.PROGRESS_OUT
     tp = throughput.parse_args(list(by_name["throughput"].argv[2:]))
     assert (tp.lanes, tp.batch, tp.dtypes, tp.conv) == ([64], [64], ["bfloat16"], ["gemm", "xla", "gemm-body"])
     assert Path(tp.out) == tmp_path / gpu_check.THROUGHPUT_OUT  # where summary() looks
