@@ -4,8 +4,8 @@
 index through ``jax.debug.callback`` at the end of every epoch; the lane's ``finite`` flag is a second
 operand, so the callback waits for the epoch's results (an ``optimization_barrier`` on the index alone let
 XLA:CPU run it as the epoch began). Under ``jax.vmap`` over lanes the callback therefore runs once per lane
-and epoch, with lanes sharded over several devices on each device, all with the same index: the reporter
-counts an epoch once, so a chunk still prints one line per epoch. On a single CPU
+and epoch (on every device that holds some of the lanes), all with the same index: the reporter counts an
+epoch once, so a chunk still prints one line per epoch. On a single CPU
 :func:`~jax_unlearn.engine.run.run_seeds` calls a one-lane program once per seed
 (:func:`~jax_unlearn.engine.lanes.lanes_per_call`), so there the report is per epoch per seed, and lines
 say ``seed k/n`` instead of ``chunk k/n``.
