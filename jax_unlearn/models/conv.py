@@ -5,7 +5,7 @@ the weights carry the lane axis, JAX's batching rule for ``lax.conv_general_dila
 *grouped* convolution (``feature_group_count = lanes``), which GPU backends run far below a plain
 convolution (the input-gradient of a grouped conv is not handed to cuDNN; issue #6 measured ~6× below the
 single-model ceiling). ``impl='gemm'`` writes the same function without any convolution op: im2col made of
-pad + strided slices + one concatenation (pure data movement), then one ``dot_general`` with the kernel
+pad + strided slices + two concatenations (pure data movement), then one ``dot_general`` with the kernel
 reshaped to ``(kh·kw·cin, cout)``. Under ``vmap`` the slices act on the lane-batched tensor and the
 ``dot_general`` becomes a batched GEMM (lanes as the batch dimension) — in the forward pass and, as the
 transposes of slice/pad/concatenate/dot are again slice/pad/dot, in both backward passes.
