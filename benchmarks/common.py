@@ -108,7 +108,7 @@ def vmap_lanes(fn: Callable, in_axes: Sequence[int | None], lane_map: int = 0) -
     ``M`` lanes at a time, which bounds the working set and gives XLA smaller batched ops. ``in_axes``
     entries are 0 (split by lane) or None (shared by all lanes); the lane count must be a multiple of M.
     One lane (``M = 1``, or a single lane in all) runs ``fn`` unbatched
-    (:func:`jax_unlearn.engine.run.vmap_lanes`).
+    (:func:`jax_unlearn.engine.lanes.vmap_lanes`).
     """
     import jax
 

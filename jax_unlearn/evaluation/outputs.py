@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, UnlearningData
-from jax_unlearn.engine.lanes import lanes_run_in_parallel, vmap_lanes
+from jax_unlearn.engine.lanes import lanes_per_call, vmap_lanes
 from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.models import make_model
 from jax_unlearn.metrics import logit_scaled_confidence
@@ -148,7 +148,7 @@ def population_outputs(folder: RunFolder | str | os.PathLike, data: UnlearningDa
     accs = {k: [] for k in ACCURACIES}
     mia = {k: [] for k in MIA_SPLITS}
     show = sys.stderr.isatty() if progress is None else progress
-    lanes = config["chunk_size"] if lanes_run_in_parallel() else 1
+    lanes = lanes_per_call(config["chunk_size"])
     for c in tqdm(folder.chunks(), desc=f"evaluate {folder.path.name}", unit="chunk", disable=not show):
         chunk = folder.load_chunk(c)
         k = len(chunk["ids"])

@@ -12,7 +12,7 @@ import torch
 
 from converters import flax_to_torch, infer_model_config, torch_to_flax
 from jax_unlearn.data.types import Normalization
-from jax_unlearn.engine.lanes import default_chunk_size, lanes_run_in_parallel, vmap_lanes
+from jax_unlearn.engine.lanes import default_chunk_size, lanes_per_call, vmap_lanes
 from jax_unlearn.engine.run import RunConfig, make_run
 from jax_unlearn.engine.train import Context, DeviceData
 from jax_unlearn.kaggle.loaders import DeviceSplits, batch_size_of, is_uint8_valued, read_loader
@@ -103,10 +103,10 @@ def unlearning_many(net: torch.nn.Module, retain_loader: Iterable, forget_loader
 
 def _default_chunk(n: int) -> int:
     """Lanes per chunk when the caller gives none: from free accelerator memory
-    (:func:`jax_unlearn.engine.run.default_chunk_size`), or one where lanes buy no parallelism
-    (:func:`jax_unlearn.engine.run.lanes_run_in_parallel`: a CPU; the notebook loop of 8 checkpoints took
+    (:func:`jax_unlearn.engine.lanes.default_chunk_size`), or one where lanes buy no parallelism
+    (:func:`jax_unlearn.engine.lanes.lanes_per_call`: a CPU; the notebook loop of 8 checkpoints took
     41.8 s with one lane a chunk against 47.8 s with eight, benchmarks/RESULTS.md)."""
-    return default_chunk_size(n) if lanes_run_in_parallel() else 1
+    return lanes_per_call(default_chunk_size(n))
 
 
 def clear_caches() -> None:

@@ -57,8 +57,8 @@ def variance_scaling(scale: float, mode: Literal["fan_in", "fan_out", "fan_avg"]
     def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
         if len(shape) < 2:
             raise ValueError(f"variance scaling needs a kernel of at least 2 dimensions, got shape {tuple(shape)}")
-        fans = {"fan_in": fan_in(shape), "fan_out": fan_out(shape)}
-        fan = fans[mode] if mode in fans else (fans["fan_in"] + fans["fan_out"]) / 2
+        fi, fo = fan_in(shape), fan_out(shape)
+        fan = {"fan_in": fi, "fan_out": fo, "fan_avg": (fi + fo) / 2}[mode]
         variance = jnp.array(scale / fan, dtype=dtype)  # as JAX's: the scale in the parameter's dtype
         if distribution == "normal":
             return draw_flat(jax.random.normal, key, shape, dtype) * jnp.sqrt(variance)

@@ -5,9 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, run_seeds
-
 from jax_unlearn.engine.lanes import seed_keys
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, run_seeds
 from jax_unlearn.methods import build_method
 from jax_unlearn.metrics.competition import final_score, forgetting_quality
 from jax_unlearn.evaluation.sweep import best_setting

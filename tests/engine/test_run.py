@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
-
 from jax_unlearn.engine.lanes import seed_keys, vmap_lanes
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.jobs.populations import run_population
 from jax_unlearn.methods import build_method
 from jax_unlearn.jobs.folders import RunFolderError, export_pth

@@ -106,7 +106,8 @@ def test_outputs_equal_a_direct_forward_pass(runs, data, outputs):
 def test_a_chunk_of_lanes_a_call_gives_the_outputs_of_one_model_a_call(runs, data, outputs, monkeypatch):
     import jax_unlearn.evaluation.outputs as outputs_module
 
-    monkeypatch.setattr(outputs_module, "lanes_run_in_parallel", lambda: True)  # as on an accelerator
+    # As on an accelerator: a chunk's lanes in one call.
+    monkeypatch.setattr(outputs_module, "lanes_per_call", lambda n_lanes, n_devices=1: n_lanes)
     lanes = population_outputs(runs[0], data, mia_models=MIA_MODELS, progress=False)  # chunks 2 + 1 (padded)
     np.testing.assert_array_equal(lanes["seed"], outputs["seed"])
     # Vmapped lanes sum in another order than one model alone: float32 rounding, far below any logit gap.

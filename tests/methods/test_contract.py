@@ -14,9 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
-
 from jax_unlearn.engine.lanes import seed_keys
+from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run
 from jax_unlearn.jobs.sweep import plan_settings
 from jax_unlearn.methods import METHODS, build_method
 from jax_unlearn.methods.registry import search_space
