@@ -5,6 +5,13 @@ access, and traces one whole run abstractly (``jax.eval_shape``: shapes only, no
 compiled). What the method touched — in its factory, its ``init`` or its ``epoch`` — is what the drop-in
 reads. ``train`` (retain ∪ forget) or the class counts (counted on retain ∪ forget) need both of those
 loaders. A method that touched a split the probe missed could not run: its data would lack the key.
+
+The network in the probe is a stand-in (:class:`_ProbeModel`): ResNet-18's variables tree and attributes,
+but a forward pass of a few reductions. Which splits a method reads does not depend on the network's
+arithmetic, and tracing ResNet-18's forward and backward passes was most of the probe's cost: a first
+drop-in call on a 2-core CPU spent ~1.0 s in the probe with the real network and ~0.3 s with the stand-in
+(benchmarks/RESULTS.md). ``tests/dropin/test_splits.py`` checks, for every registered method, that the
+stand-in finds the splits the real network does.
 """
 from __future__ import annotations
 
@@ -80,17 +87,47 @@ class _RecordedCounts(Sequence):
         return np.ones(self._n, dtype or np.int64)
 
 
+class _ProbeModel:
+    """What the probe gives a method for a network: ``model``'s ``num_classes``, ``dtype`` and variables
+    tree (``init`` returns zeros of its shapes), and an ``apply`` with the signature of
+    :class:`~jax_unlearn.models.resnet.ResNet`'s whose logits (B, num_classes) depend on every parameter
+    and on the inputs through a few reductions. Methods reach the network only through
+    ``jax_unlearn.engine.train``'s ``apply_*`` functions and ``init_variables``, which need no more."""
+
+    def __init__(self, model):
+        self.num_classes, self.dtype = model.num_classes, model.dtype
+        self._shapes = jax.eval_shape(lambda k: init_variables(model, k), jax.random.key(0))
+
+    def init(self, key, x, *, train: bool = False):
+        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), self._shapes)
+
+    def apply(self, variables, x, *, train: bool = False, mask=None, mutable=False):
+        total = sum(jnp.sum(p, dtype=jnp.float32) for p in jax.tree_util.tree_leaves(variables["params"]))
+        pooled = jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, x.ndim)))
+        logits = jnp.zeros((x.shape[0], self.num_classes), jnp.float32) + (total * pooled)[:, None]
+        if not mutable:
+            return logits
+        return logits, {name: variables[name] for name in ([mutable] if isinstance(mutable, str) else mutable)}
+
+
 @functools.lru_cache(maxsize=32)
 def splits_used(method: str, hyper: tuple, num_classes: int, stem: str, conv: str, dtype: str) -> frozenset:
     """The names among :data:`LOADERS`, ``'train'`` and ``'class_counts'`` that ``method`` (built with
     ``hyper``, a tuple of items) reads; ``'train'``/``'class_counts'`` come with ``retain`` and ``forget``.
     Raises the method's own ``ValueError`` for unknown hyper-parameters."""
+    return probe(method, hyper, make_model(num_classes, stem, dtype, conv))
+
+
+def probe(method: str, hyper: tuple, model, *, stand_in: bool = True) -> frozenset:
+    """:func:`splits_used` for the network ``model`` (a Flax module): traces one run of ``method``
+    abstractly and returns the splits it read; with ``stand_in`` the run sees a :class:`_ProbeModel` of
+    ``model`` instead of ``model`` itself."""
+    model = _ProbeModel(model) if stand_in else model
     log = _Log()
     seen = log.names
     names = (*LOADERS, TRAIN)
-    model = make_model(num_classes, stem, dtype, conv)
     ctx = Context(model, Normalization(), _Recorded({s: PROBE_SIZE for s in names}, log),
-                  _RecordedCounts(num_classes, seen))
+                  _RecordedCounts(model.num_classes, seen))
     run = make_run(ctx, build_method(method, ctx, **dict(hyper)), RunConfig(track=False))
     key = jax.random.key(0)
     start = jax.eval_shape(lambda k: init_variables(model, k), key)
