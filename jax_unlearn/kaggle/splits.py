@@ -8,10 +8,12 @@ loaders. A method that touched a split the probe missed could not run: its data 
 
 The network in the probe is a stand-in (:class:`_ProbeModel`): ResNet-18's variables tree and attributes,
 but a forward pass of a few reductions. Which splits a method reads does not depend on the network's
-arithmetic, and tracing ResNet-18's forward and backward passes was most of the probe's cost: a first
-drop-in call on a 2-core CPU spent ~1.0 s in the probe with the real network and ~0.3 s with the stand-in
-(benchmarks/RESULTS.md). ``tests/dropin/test_splits.py`` checks, for every registered method, that the
-stand-in finds the splits the real network does.
+arithmetic, and tracing ResNet-18's forward and backward passes was most of the probe's cost: on a 2-core
+CPU the probe takes 0.4 s for ``finetune`` and 0.3–0.8 s for SCRUB, SalUn or UNSIR with the stand-in,
+against 1.0 s and 1.4–3.1 s with the real network (benchmarks/RESULTS.md; a first ``finetune`` call gains
+~0.3 s, as the real network's probe had also warmed JAX's caches for the run's own trace).
+``tests/dropin/test_splits.py`` checks, for every registered method, that the stand-in finds the splits a
+real ResNet does.
 """
 from __future__ import annotations
 
