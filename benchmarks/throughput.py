@@ -210,11 +210,12 @@ def program(setup: Setup, *, lanes: int | None, batch: int, steps: int, lane_map
 def bench_point(setup: Setup, *, lanes: int | None, batch: int, steps: int, warmup: int, repeats: int,
                 lane_map: int = 0, donate: bool = True) -> dict:
     """Time :func:`program` (``donate``: the state donated to each call, as a real run does). Returns
-    img/s, the timing, compile seconds and XLA's memory plan."""
-    import jax
+    img/s, the timing, compile seconds and XLA's memory plan (compiled with the engine's options,
+    :func:`jax_unlearn.engine.jitting.jit`)."""
+    from jax_unlearn.engine.jitting import jit
 
     fn, state, args = program(setup, lanes=lanes, batch=batch, steps=steps, lane_map=lane_map)
-    compiled, compile_s = common.compile_jax(jax.jit(fn, donate_argnums=0 if donate else ()), state, *args)
+    compiled, compile_s = common.compile_jax(jit(fn, donate_argnums=0 if donate else ()), state, *args)
     timing, _ = common.time_chained(compiled, state, *args, warmup=warmup, repeats=repeats)
     return {"img_per_s": (lanes or 1) * batch * steps / timing.median, "step_ms": 1e3 * timing.median / steps,
             "compile_s": compile_s, "timing": timing.to_dict(), "memory_plan": common.compiled_memory(compiled)}

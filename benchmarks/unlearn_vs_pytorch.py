@@ -259,6 +259,7 @@ def _jax_worker(args, work: Path) -> dict:
 
     from converters import load_torch_checkpoint, torch_to_flax
     from jax_unlearn.data.types import Normalization
+    from jax_unlearn.engine.jitting import jit
     from jax_unlearn.engine.lanes import lanes_per_call, seed_keys
     from jax_unlearn.engine.run import RunConfig, make_run
     from jax_unlearn.engine.train import Context, accuracy
@@ -278,9 +279,9 @@ def _jax_worker(args, work: Path) -> dict:
     k = min(args.lanes, args.runs)
     n_chunks = -(-args.runs // k)
     lane_map = args.lane_map if args.lane_map is not None else (0 if lanes_per_call(k) == k else 1)
-    fn = jax.jit(common.vmap_lanes(run, (0, None, None), lane_map))
+    fn = jit(common.vmap_lanes(run, (0, None, None), lane_map))  # the engine's compiler options
     compiled, compile_s = common.compile_jax(fn, seed_keys(args.seed, np.arange(k)), start_vars, data)
-    evaluate = jax.jit(lambda v: {s: accuracy(ctx, v, *ev[s]) for s in ev})
+    evaluate = jit(lambda v: {s: accuracy(ctx, v, *ev[s]) for s in ev})
     scores = lambda v: {s: float(a) for s, a in evaluate(v).items()}  # noqa: E731
     keep = set(eval_ids(args.runs, args.eval_runs))
     start = common.wait_for_go(work, args.tag, 0)

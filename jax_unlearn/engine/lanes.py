@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jax_unlearn.engine.jitting import jit
 from jax_unlearn.engine.train import DeviceData
 
 LANE_AXIS = "seed"  # the mesh axis the lanes (seeds, sweep settings) are sharded over
@@ -124,13 +125,13 @@ def lane_runner(run: Callable, base_seed: int, start_variables, data: DeviceData
     if len(devices) == 1:
         place_lanes = lambda tree: jax.device_put(tree, devices[0])  # noqa: E731
         start_variables, data = jax.device_put((start_variables, data), devices[0])
-        fn = jax.jit(many)
+        fn = jit(many)
     else:
         mesh = Mesh(np.asarray(devices), (LANE_AXIS,))
         by_lane, replicated = NamedSharding(mesh, PartitionSpec(LANE_AXIS)), NamedSharding(mesh, PartitionSpec())
         place_lanes = lambda tree: _put(tree, by_lane)  # noqa: E731
         start_variables, data = _put((start_variables, data), replicated)
-        fn = jax.jit(many, out_shardings=by_lane)
+        fn = jit(many, out_shardings=by_lane)
 
     def call(ids, hyper=None):
         ids = np.asarray(ids, np.uint32)

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jax_unlearn.data.types import SPLITS, DataError, Normalization, UnlearningData
+from jax_unlearn.engine.jitting import jit
 from jax_unlearn.engine.lanes import lanes_per_call, vmap_lanes
 from jax_unlearn.engine.train import Context, predict
 from jax_unlearn.models import make_model
@@ -86,7 +87,7 @@ def _outputs_fn(num_classes: int, stem: str, dtype: str, normalization: Normaliz
                 out["retain_logits"] = logits[:n_shadow]
         return out
 
-    return jax.jit(vmap_lanes(one_model, (0, None)))  # one lane a call on a CPU: unbatched
+    return jit(vmap_lanes(one_model, (0, None)))  # one lane a call on a CPU: unbatched
 
 
 def _pad_lanes(tree, lanes: int):

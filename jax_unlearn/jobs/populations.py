@@ -17,6 +17,7 @@ import numpy as np
 
 from jax_unlearn.data.types import UnlearningData
 from jax_unlearn.engine.progress import EpochProgress
+from jax_unlearn.engine.jitting import jit
 from jax_unlearn.engine.lanes import default_chunk_size
 from jax_unlearn.engine.run import RunConfig, context_for, device_data, make_run, run_seeds
 from jax_unlearn.engine.hosts import is_primary, primary_answer, sync_processes
@@ -128,7 +129,7 @@ def train_original(data: UnlearningData, *, seed: int = 10_000, class_counts=Non
                                                                        hyper)})
     reporter = None if progress is False else EpochProgress("original", m.num_epochs, ctx.size("train"),
                                                             bar=progress)
-    run = jax.jit(make_run(ctx, m, RunConfig(track=True), on_epoch=reporter))
+    run = jit(make_run(ctx, m, RunConfig(track=True), on_epoch=reporter))
     if reporter is not None:
         reporter.start(1)
         reporter.start_chunk(0, 1)

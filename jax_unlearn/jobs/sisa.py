@@ -33,6 +33,7 @@ import pandas as pd
 
 from converters import atomic_write
 from jax_unlearn.data.types import SPLITS, UnlearningData
+from jax_unlearn.engine.jitting import jit
 from jax_unlearn.engine.run import context_for, device_data
 from jax_unlearn.models import architecture, make_model
 from jax_unlearn.methods.sisa import DEFAULTS, Shards, check_hyper, shard_logits, sisa
@@ -52,9 +53,9 @@ def check_shards(num_shards: int, n_train: int) -> None:
 
 
 def _timed(fn: Callable, *args) -> tuple[Any, float, float]:
-    """``(outputs, compile_s, run_s)`` of ``jax.jit(fn)(*args)``, compiled ahead of time."""
+    """``(outputs, compile_s, run_s)`` of ``jit(fn)(*args)`` (:func:`jax_unlearn.engine.jitting.jit`), compiled ahead of time."""
     t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jit(fn).lower(*args).compile()
     t1 = time.perf_counter()
     out = jax.block_until_ready(compiled(*args))
     return jax.device_get(out), t1 - t0, time.perf_counter() - t1
@@ -65,7 +66,7 @@ def _train_phase(fns, folder: RunFolder, key_part, key_train, data, log) -> tupl
         log(f"[sisa] reusing the trained ensemble in {folder.path / 'original'}")
         return folder.load_tree("original"), True
     log(f"[sisa] training {fns.num_shards} shard models on retain ∪ forget (one vmap)")
-    shards = jax.device_get(jax.jit(fns.partition)(key_part))
+    shards = jax.device_get(jit(fns.partition)(key_part))
     (models, metrics), compile_s, run_s = _timed(fns.train, key_train, shards, data)
     tree = {"variables": models, "index": np.asarray(shards.index), "member": np.asarray(shards.member),
             "loss": np.asarray(metrics["loss"]), "compile_s": np.float64(compile_s), "run_s": np.float64(run_s)}
@@ -77,7 +78,7 @@ def _unlearn_phase(fns, folder: RunFolder, original: Mapping, key_train, data, l
     if folder.has_tree("unlearned"):
         log(f"[sisa] reusing the unlearned ensemble in {folder.path / 'unlearned'}")
         return folder.load_tree("unlearned"), True
-    kept, cost = jax.device_get(jax.jit(fns.forget)(Shards(original["index"], original["member"])))
+    kept, cost = jax.device_get(jit(fns.forget)(Shards(original["index"], original["member"])))
     rows = np.flatnonzero(cost["affected"])
     log(f"[sisa] retraining {len(rows)} of {fns.num_shards} shards (those that held forget examples)")
     variables = jax.tree_util.tree_map(np.array, original["variables"])  # copies: untouched shards stay
@@ -109,7 +110,7 @@ def ensemble_accuracies(ctx, models, data: UnlearningData, batch_size: int = 500
     compilation; pass the same ``fn`` again to reuse it).
     """
     images = np.concatenate([data.split(s).images for s in SPLITS])
-    fn = fn or jax.jit(lambda m, x: shard_logits(ctx, m, x, batch_size))
+    fn = fn or jit(lambda m, x: shard_logits(ctx, m, x, batch_size))
     logits = np.asarray(fn(models, jnp.asarray(images)))  # (S, N, C)
     probs = np.asarray(jax.nn.softmax(logits, axis=-1)).mean(0)
     ensemble, per_shard, start = {}, {}, 0
@@ -172,7 +173,7 @@ def run_sisa(out: str | os.PathLike, data: UnlearningData, *, num_shards: int, s
     unlearned, reused_unlearn = _unlearn_phase(fns, folder, original, key_train, dev, log)
 
     log("[sisa] evaluating both ensembles")
-    fn = jax.jit(lambda m, x: shard_logits(ctx, m, x, batch_size))
+    fn = jit(lambda m, x: shard_logits(ctx, m, x, batch_size))
     accs = {phase: ensemble_accuracies(ctx, tree["variables"], data, batch_size, fn)
             for phase, tree in zip(PHASES, (original, unlearned))}
     n_retain = len(data.retain)

@@ -12,6 +12,7 @@ import torch
 
 from converters import flax_to_torch, infer_model_config, torch_to_flax
 from jax_unlearn.data.types import Normalization
+from jax_unlearn.engine.jitting import jit
 from jax_unlearn.engine.lanes import default_chunk_size, lanes_per_call, vmap_lanes
 from jax_unlearn.engine.run import RunConfig, make_run
 from jax_unlearn.engine.train import Context, DeviceData
@@ -194,7 +195,7 @@ def _runners(method: str, hyper: tuple, sizes: tuple, class_counts: tuple | None
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(base_seed), i))(ids)
         return vmap_lanes(run, (0, None, None))(keys, start, data)
 
-    return jax.jit(single), jax.jit(many)
+    return jit(single), jit(many)
 
 
 # ----------------------------------------------------------------------------------------------------- data
