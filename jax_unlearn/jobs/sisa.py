@@ -53,7 +53,8 @@ def check_shards(num_shards: int, n_train: int) -> None:
 
 
 def _timed(fn: Callable, *args) -> tuple[Any, float, float]:
-    """``(outputs, compile_s, run_s)`` of ``jit(fn)(*args)`` (:func:`jax_unlearn.engine.jitting.jit`), compiled ahead of time."""
+    """``(outputs, compile_s, run_s)`` of ``jit(fn)(*args)`` (:func:`jax_unlearn.engine.jitting.jit`),
+    compiled ahead of time."""
     t0 = time.perf_counter()
     compiled = jit(fn).lower(*args).compile()
     t1 = time.perf_counter()
