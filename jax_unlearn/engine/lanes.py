@@ -20,8 +20,9 @@ from jax_unlearn.engine.train import DeviceData
 LANE_AXIS = "seed"  # the mesh axis the lanes (seeds, sweep settings) are sharded over
 
 
-def seed_keys(base_seed: int, ids: Sequence[int] | np.ndarray) -> jax.Array:
-    """Typed keys ``fold_in(key(base_seed), i)`` for each seed id ``i``."""
+def seed_keys(base_seed: int | jax.Array, ids: Sequence[int] | np.ndarray | jax.Array) -> jax.Array:
+    """Typed keys ``fold_in(key(base_seed), i)`` for each seed id ``i``: ``base_seed`` an int and ``ids``
+    a sequence of ints, or traced (a uint32 scalar and (n,) uint32 ids inside a compiled program)."""
     base = jax.random.key(base_seed)
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(ids, jnp.uint32))
 
@@ -109,15 +110,14 @@ def lane_runner(run: Callable, base_seed: int, start_variables, data: DeviceData
     ``NamedSharding(Mesh(devices, ('seed',)), P('seed'))``, start variables and data replicated, and the
     outputs come back sharded along the same axis (each device computes its own lanes; BatchNorm never
     reduces over lanes, so the result does not depend on the device count). Keys are
-    ``fold_in(key(base_seed), id)`` computed on device, exactly :func:`seed_keys`.
+    :func:`seed_keys` of the ids, computed on device.
     """
     devices = list(jax.devices() if devices is None else devices)
     if n_lanes % len(devices):
         raise ValueError(f"{n_lanes} lanes do not divide over {len(devices)} devices")
-    base = jax.random.key(base_seed)
 
     def many(ids, start, data, hyper):
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
+        keys = seed_keys(base_seed, ids)
         if hyper is None:
             return vmap_lanes(run, (0, None, None))(keys, start, data)
         return vmap_lanes(run, (0, None, None, 0))(keys, start, data, hyper)

@@ -13,7 +13,7 @@ import torch
 from converters import flax_to_torch, infer_model_config, torch_to_flax
 from jax_unlearn.data.types import Normalization
 from jax_unlearn.engine.jitting import jit
-from jax_unlearn.engine.lanes import default_chunk_size, lanes_per_call, vmap_lanes
+from jax_unlearn.engine.lanes import default_chunk_size, lanes_per_call, seed_keys, vmap_lanes
 from jax_unlearn.engine.run import RunConfig, make_run
 from jax_unlearn.engine.train import Context, DeviceData
 from jax_unlearn.kaggle.loaders import DeviceSplits, batch_size_of, is_uint8_valued, read_loader
@@ -189,11 +189,10 @@ def _runners(method: str, hyper: tuple, sizes: tuple, class_counts: tuple | None
     run = make_run(ctx, build_method(method, ctx, **dict(hyper)), RunConfig(track=False))
 
     def single(seed, start, data):
-        return run(jax.random.fold_in(jax.random.key(0), seed), start, data)
+        return run(seed_keys(0, seed[None])[0], start, data)
 
     def many(base_seed, ids, start, data):
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(base_seed), i))(ids)
-        return vmap_lanes(run, (0, None, None))(keys, start, data)
+        return vmap_lanes(run, (0, None, None))(seed_keys(base_seed, ids), start, data)
 
     return jit(single), jit(many)
 
