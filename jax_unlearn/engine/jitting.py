@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import threading
 from typing import Any, Callable, Iterator
 
 import jax
@@ -44,19 +45,34 @@ def jit(fn: Callable, **kwargs) -> Callable:
     return _HeapFrozenTrace(jax.jit(fn, compiler_options=compiler_options(), **kwargs))
 
 
+_FREEZE_LOCK = threading.Lock()
+_freezers = 0  # frozen_heap blocks open, in any thread; the first to enter freezes, the last to leave thaws
+
+
 @contextlib.contextmanager
 def frozen_heap() -> Iterator[None]:
     """Keep CPython's cyclic garbage collector off the objects that exist on entry, until exit
-    (``gc.freeze``/``gc.unfreeze``; young objects are still collected). Does nothing when collection is
-    disabled or objects are already frozen (the caller's own ``gc.freeze`` is left as it is)."""
-    if not gc.isenabled() or gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
+    (``gc.freeze``/``gc.unfreeze``, both O(1); young objects are still collected). Nests and may be
+    entered from several threads at once. Does nothing when collection is disabled or the caller has
+    frozen objects itself (their ``gc.freeze`` is left as it is)."""
+    global _freezers
+    with _FREEZE_LOCK:
+        # gc.get_freeze_count() walks the frozen objects: asked only when no block of ours is open.
+        if _freezers == 0 and (not gc.isenabled() or gc.get_freeze_count()):
+            owned = False
+        else:
+            owned = True
+            _freezers += 1
+            if _freezers == 1:
+                gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if owned:
+            with _FREEZE_LOCK:
+                _freezers -= 1
+                if _freezers == 0:
+                    gc.unfreeze()
 
 
 class _HeapFrozenTrace:

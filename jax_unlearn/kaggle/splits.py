@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_unlearn.data.types import Normalization
+from jax_unlearn.engine.jitting import frozen_heap
 from jax_unlearn.engine.run import RunConfig, make_run
 from jax_unlearn.engine.train import Context
 from jax_unlearn.methods import build_method
@@ -99,7 +100,7 @@ class _ProbeModel:
 
     def __init__(self, model):
         self.num_classes, self.dtype = model.num_classes, model.dtype
-        self._shapes = jax.eval_shape(lambda k: init_variables(model, k), jax.random.key(0))
+        self._shapes = jax.eval_shape(lambda k: init_variables(model, k), _abstract_key())
 
     def init(self, key, x, *, train: bool = False):
         return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), self._shapes)
@@ -113,18 +114,24 @@ class _ProbeModel:
         return logits, {name: variables[name] for name in ([mutable] if isinstance(mutable, str) else mutable)}
 
 
+def _abstract_key() -> jax.ShapeDtypeStruct:
+    """A typed key's shape and dtype: a concrete ``jax.random.key(0)`` would compile a seeding program."""
+    return jax.eval_shape(jax.random.key, 0)
+
+
 @functools.lru_cache(maxsize=32)
 def splits_used(method: str, hyper: tuple, num_classes: int, stem: str, conv: str, dtype: str) -> frozenset:
     """The names among :data:`LOADERS`, ``'train'`` and ``'class_counts'`` that ``method`` (built with
     ``hyper``, a tuple of items) reads; ``'train'``/``'class_counts'`` come with ``retain`` and ``forget``.
     Raises the method's own ``ValueError`` for unknown hyper-parameters."""
     model = make_model(num_classes, stem, dtype, conv)
-    try:
-        return probe(method, hyper, model)
-    except (AttributeError, TypeError):
-        # A method that reaches into the network past what the stand-in offers (a user's own, say) is
-        # probed on the real network: slower, and the same answer.
-        return probe(method, hyper, model, stand_in=False)
+    with frozen_heap():  # tracing, as jax_unlearn.engine.jitting.jit does it
+        try:
+            return probe(method, hyper, model)
+        except (AttributeError, TypeError):
+            # A method that reaches into the network past what the stand-in offers (a user's own, say)
+            # is probed on the real network: slower, and the same answer.
+            return probe(method, hyper, model, stand_in=False)
 
 
 def probe(method: str, hyper: tuple, model, *, stand_in: bool = True) -> frozenset:
@@ -138,7 +145,7 @@ def probe(method: str, hyper: tuple, model, *, stand_in: bool = True) -> frozens
     ctx = Context(model, Normalization(), _Recorded({s: PROBE_SIZE for s in names}, log),
                   _RecordedCounts(model.num_classes, seen))
     run = make_run(ctx, build_method(method, ctx, **dict(hyper)), RunConfig(track=False))
-    key = jax.random.key(0)
+    key = _abstract_key()
     start = jax.eval_shape(lambda k: init_variables(model, k), key)
     data = {s: (jax.ShapeDtypeStruct((PROBE_SIZE, *PROBE_IMAGE), jnp.uint8),
                 jax.ShapeDtypeStruct((PROBE_SIZE,), jnp.int32)) for s in names}

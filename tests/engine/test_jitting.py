@@ -1,7 +1,10 @@
-"""The engine's ``jit``: XLA compiler options from one table, the same results as ``jax.jit``."""
+"""The engine's ``jit``: XLA compiler options from one table, the same results as ``jax.jit``, tracing under
+``frozen_heap``."""
+import gc
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import jax
@@ -50,3 +53,71 @@ def test_a_run_equals_the_one_jax_jit_compiles_bit_for_bit():
     env = {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
     out = subprocess.run([sys.executable, "-c", _SAME_RUN], env=env, capture_output=True, text=True, check=True)
     assert float(out.stdout.split()[-1]) == 0.0
+
+
+@pytest.fixture
+def collecting():
+    """Cyclic collection on and nothing frozen (the state frozen_heap acts in), restored afterwards."""
+    was_enabled = gc.isenabled()
+    gc.enable()
+    assert gc.get_freeze_count() == 0
+    yield
+    gc.unfreeze()
+    if not was_enabled:
+        gc.disable()
+
+
+def test_tracing_runs_with_the_heap_frozen_and_thawed_after(collecting):
+    frozen_while_tracing = []
+
+    def fn(x):
+        frozen_while_tracing.append(gc.get_freeze_count())
+        return x + 1
+
+    jitted = jitting.jit(fn)
+    assert jitted(np.float32(1)) == 2.0
+    jitted.lower(np.zeros(2, np.float32)).compile()  # new shapes: each call below traces afresh
+    jitted.trace(np.int32(1))
+    assert len(frozen_while_tracing) == 3 and min(frozen_while_tracing) > 0
+    assert gc.get_freeze_count() == 0
+    assert jitted.__name__ == "fn" and jitted.eval_shape(np.float32(1)).dtype == np.float32  # jax.jit's own
+
+
+def test_frozen_heap_nests_and_the_last_block_to_leave_thaws(collecting):
+    with jitting.frozen_heap():
+        assert gc.get_freeze_count() > 0
+        with jitting.frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0  # the inner block does not thaw the outer one's objects
+    assert gc.get_freeze_count() == 0
+
+
+def test_frozen_heap_across_threads(collecting):
+    entered, release = threading.Event(), threading.Event()
+
+    def other():
+        with jitting.frozen_heap():
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other)
+    with jitting.frozen_heap():
+        thread.start()
+        assert entered.wait(10)
+    assert gc.get_freeze_count() > 0  # the other thread's block is still open
+    release.set()
+    thread.join(10)
+    assert gc.get_freeze_count() == 0
+
+
+def test_frozen_heap_leaves_a_callers_own_freeze_and_a_disabled_collector_alone(collecting):
+    gc.freeze()
+    before = gc.get_freeze_count()
+    with jitting.frozen_heap():
+        pass
+    assert gc.get_freeze_count() >= before > 0  # not thawed by the block
+    gc.unfreeze()
+    gc.disable()
+    with jitting.frozen_heap():
+        assert gc.get_freeze_count() == 0
+    assert not gc.isenabled()
