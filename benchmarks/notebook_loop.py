@@ -12,8 +12,9 @@ but for the data paths and the number of checkpoints):
 
 Reported per variant: the loop's wall time from its first line to its last ``torch.save`` (so JAX's
 compilation, the loaders' reads and the weight conversions are all inside), the time to import (torch
-alone vs jax_unlearn), and the ratio to ``torch``. Every checkpoint written is loaded back into
-torchvision's ``resnet18(num_classes=10)`` with ``strict=True``.
+alone vs jax_unlearn), and the ratio to ``torch``. ``--repeats`` rounds run every variant back to back
+(default 3); the medians are reported, and the ratio is the median of the rounds' own ratios. Every
+checkpoint written is loaded back into torchvision's ``resnet18(num_classes=10)`` with ``strict=True``.
 
     python benchmarks/notebook_loop.py --checkpoints 8 --retain 600 --out out/benchmarks/notebook_loop
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,6 +248,25 @@ def run_variant(variant: str, folder: Path, out: Path, checkpoints: int) -> dict
     return result
 
 
+TIMES = ("loop_s", "first_checkpoint_s", "later_checkpoint_s", "per_checkpoint_s", "import_s", "process_s")
+
+
+def summarize(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per variant, the medians over ``rounds`` (each ``{variant: run_variant's result}``) of its times,
+    and when ``torch`` ran, ``vs_torch``: the median of the per-round ratios of the variant's loop to
+    torch's (a round's variants run back to back, so each ratio compares runs under the same machine
+    load), with every round's ratio in ``vs_torch_rounds``."""
+    out = {}
+    for name in rounds[0]:
+        result = {key: statistics.median(r[name][key] for r in rounds) for key in TIMES}
+        result["rounds"] = len(rounds)
+        if "torch" in rounds[0]:
+            ratios = [r[name]["loop_s"] / r["torch"]["loop_s"] for r in rounds]
+            result["vs_torch"], result["vs_torch_rounds"] = statistics.median(ratios), ratios
+        out[name] = result
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=int, default=8)
@@ -253,34 +274,40 @@ def main(argv=None) -> dict:
     parser.add_argument("--forget", type=int, default=60)
     parser.add_argument("--validation", type=int, default=60)
     parser.add_argument("--variants", default="torch,dropin,many")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of all the variants, back to back; medians are reported")
     parser.add_argument("--out", default="out/benchmarks/notebook_loop", help="output prefix (.json/.md)")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     load_before = os.getloadavg()
     record = {"command": common.command_line("notebook_loop.py", sys.argv[1:] if argv is None else argv),
               "date": common.utc_now(), "versions": common.versions(), "cpu": _cpu_model(),
               "cores": os.cpu_count(), "sizes": {"retain": args.retain, "forget": args.forget,
                                                  "validation": args.validation},
-              "checkpoints": args.checkpoints, "variants": {}}
+              "checkpoints": args.checkpoints, "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_folder(Path(tmp) / "data", args.retain, args.forget, args.validation)
-        for variant in variants:
-            record["variants"][variant] = run_variant(variant, folder, Path(tmp) / variant, args.checkpoints)
-            print(variant, json.dumps(record["variants"][variant]), flush=True)
-    if "torch" in record["variants"]:
-        base = record["variants"]["torch"]["loop_s"]
-        for result in record["variants"].values():
-            result["vs_torch"] = result["loop_s"] / base
+        for r in range(args.repeats):
+            results = {}
+            for variant in variants:
+                results[variant] = run_variant(variant, folder, Path(tmp) / f"{variant}-{r}", args.checkpoints)
+                print(f"round {r}", variant, json.dumps(results[variant]), flush=True)
+            record["rounds"].append(results)
+    record["variants"] = summarize(record["rounds"])
     record["loadavg_before_after"] = [list(load_before), list(os.getloadavg())]
     common.write_json(args.out + ".json", record)
-    rows = [(name, r["loop_s"], r["first_checkpoint_s"], r["later_checkpoint_s"], r.get("vs_torch"), r["import_s"])
+    rows = [(name, r["loop_s"], r["first_checkpoint_s"], r["later_checkpoint_s"], r.get("vs_torch"),
+             " ".join(f"{x:.2f}" for x in r.get("vs_torch_rounds", [])), r["import_s"])
             for name, r in record["variants"].items()]
     common.write_markdown(args.out + ".md", {k: record[k] for k in ("date", "command", "cpu", "checkpoints", "sizes")},
-                          common.markdown_table(["variant", "loop s (incl. compile)", "first checkpoint s",
-                                                 "s / later checkpoint", "× torch", "import s"], rows))
+                          common.markdown_table([f"variant (median of {args.repeats})", "loop s (incl. compile)",
+                                                 "first checkpoint s", "s / later checkpoint", "× torch",
+                                                 "× torch per round", "import s"], rows))
     return record
 
 

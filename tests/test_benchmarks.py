@@ -161,6 +161,24 @@ def test_common_helpers_format_tables_and_write_numpy_json(tmp_path):
     assert common.command_line("x.py", ["--a", "b c"]) == "python benchmarks/x.py --a 'b c'"
 
 
+def test_notebook_loop_reports_medians_and_the_median_of_each_rounds_own_ratio():
+    from benchmarks.notebook_loop import TIMES, summarize
+
+    def result(loop, first):
+        return {**{key: 1.0 for key in TIMES}, "loop_s": loop, "first_checkpoint_s": first}
+
+    # The machine slows down in round 1: both variants' loops take twice as long there.
+    rounds = [{"torch": result(10.0, 1.0), "many": result(14.0, 6.0)},
+              {"torch": result(20.0, 2.0), "many": result(32.0, 9.0)},
+              {"torch": result(10.0, 1.0), "many": result(15.0, 7.0)}]
+    summary = summarize(rounds)
+    assert summary["many"]["loop_s"] == 15.0 and summary["many"]["first_checkpoint_s"] == 7.0
+    assert summary["many"]["vs_torch_rounds"] == [1.4, 1.6, 1.5]
+    assert summary["many"]["vs_torch"] == 1.5  # not 15 / 10: ratios are taken within a round
+    assert summary["torch"]["vs_torch"] == 1.0 and summary["torch"]["rounds"] == 3
+    assert "vs_torch" not in summarize([{"many": result(14.0, 6.0)}])["many"]
+
+
 def test_throughput_conv_variants_lane_map_and_no_donate_smoke(tmp_path):
     out = tmp_path / "tp"
     result = throughput.main(["--quick", "--model", "tiny", "--lanes", "2", "--no-ceiling", "--conv", "xla,gemm",
