@@ -112,10 +112,10 @@ def test_frozen_heap_across_threads(collecting):
 
 def test_frozen_heap_leaves_a_callers_own_freeze_and_a_disabled_collector_alone(collecting):
     gc.freeze()
-    before = gc.get_freeze_count()
+    assert gc.get_freeze_count() > 0
     with jitting.frozen_heap():
         pass
-    assert gc.get_freeze_count() >= before > 0  # not thawed by the block
+    assert gc.get_freeze_count() > 0  # not thawed by the block (frozen objects may have been freed since)
     gc.unfreeze()
     gc.disable()
     with jitting.frozen_heap():
