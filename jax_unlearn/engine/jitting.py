@@ -4,12 +4,12 @@ tracing kept clear of full garbage collections.
 Every program jax-unlearn compiles (the engine's lanes, the drop-in's runs, evaluation, SISA) goes through
 :func:`jit`, so that the options are one table in one place, with the measurement each entry rests on.
 
-Tracing a ResNet-18 training run creates some hundred thousand Python objects that outlive the young
-generations, enough to start one of CPython's full collections, which walks every object in the process:
-with torch and JAX imported, over a million. :func:`jit` traces under :func:`frozen_heap`, so that such a
-collection walks only what the trace made. The drop-in's finetune program (ResNet-18, batch 64, 2-core
-CPU) traced and lowered in 0.68–0.72 s against 0.92–0.94 s (three processes each); its compilation, run
-and results are unchanged (benchmarks/RESULTS.md).
+Tracing a ResNet-18 training run makes enough long-lived Python objects to start one of CPython's full
+collections, which walks every object in the process (~270k once torch and JAX are imported, more with a
+notebook's data). :func:`jit` traces under :func:`frozen_heap`, so that such a collection walks only what
+the trace made. The drop-in's finetune program (ResNet-18, batch 64, 2-core CPU) traced and lowered in
+0.68–0.72 s against 0.92–0.94 s (three processes each); its compilation, run and results are unchanged
+(benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
