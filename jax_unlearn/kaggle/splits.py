@@ -100,7 +100,7 @@ class _ProbeModel:
 
     def __init__(self, model):
         self.num_classes, self.dtype = model.num_classes, model.dtype
-        self._shapes = jax.eval_shape(lambda k: init_variables(model, k), _abstract_key())
+        self._shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
 
     def init(self, key, x, *, train: bool = False):
         return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), self._shapes)
@@ -112,11 +112,6 @@ class _ProbeModel:
         if not mutable:
             return logits
         return logits, {name: variables[name] for name in ([mutable] if isinstance(mutable, str) else mutable)}
-
-
-def _abstract_key() -> jax.ShapeDtypeStruct:
-    """A typed key's shape and dtype: a concrete ``jax.random.key(0)`` would compile a seeding program."""
-    return jax.eval_shape(jax.random.key, 0)
 
 
 @functools.lru_cache(maxsize=32)
@@ -145,11 +140,11 @@ def probe(method: str, hyper: tuple, model, *, stand_in: bool = True) -> frozens
     ctx = Context(model, Normalization(), _Recorded({s: PROBE_SIZE for s in names}, log),
                   _RecordedCounts(model.num_classes, seen))
     run = make_run(ctx, build_method(method, ctx, **dict(hyper)), RunConfig(track=False))
-    key = _abstract_key()
-    start = jax.eval_shape(lambda k: init_variables(model, k), key)
+    # Keys are made inside the traced functions: a concrete jax.random.key(0) compiles a seeding program.
+    start = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     data = {s: (jax.ShapeDtypeStruct((PROBE_SIZE, *PROBE_IMAGE), jnp.uint8),
                 jax.ShapeDtypeStruct((PROBE_SIZE,), jnp.int32)) for s in names}
-    jax.eval_shape(lambda k, v, d: run(k, v, _Recorded(d, log)), key, start, data)
+    jax.eval_shape(lambda v, d: run(jax.random.key(0), v, _Recorded(d, log)), start, data)
     if seen & {TRAIN, CLASS_COUNTS}:
         seen |= {"retain", "forget"}
     return frozenset(seen & {*names, CLASS_COUNTS})
