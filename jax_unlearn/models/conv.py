@@ -1,4 +1,5 @@
-"""A bias-free 2-D convolution with a choice of lowering: XLA's convolution, or im2col + one GEMM.
+"""A bias-free 2-D convolution with a choice of lowering: XLA's convolution, im2col + one GEMM, or XLA's
+convolution with a hand-written canonical-layout VJP where XLA:CPU runs that fast.
 
 Why: the engine runs many models at once with ``jax.vmap`` over seed lanes. When both the activations and
 the weights carry the lane axis, JAX's batching rule for ``lax.conv_general_dilated`` folds the lanes into a
@@ -36,16 +37,27 @@ same body are YNNPACK fusions. A train step of one ResNet block (64 ch, 8×8, ba
 as a Python loop of ``jit(step)`` or as a fully unrolled scan, and ~0.7 CPU-s inside ``jit(lax.scan)``.
 No XLA CPU flag changes this (thunk runtime off, XNNPACK/oneDNN flags, Eigen threading, the
 concurrency-optimised scheduler: all measured, none helps); only a loop-free program (``unroll`` = the
-trip count, impractical for an epoch of ResNet-18 steps) avoids it. The GEMM lowering has no convolution
-op at all, so it is immune, which is why ``conv='auto'`` resolves to ``'gemm'`` on CPU. A ``custom_vjp``
-that writes both backward convs in NHWC/HWIO form (the transposes the pass would have inserted) was tried
-and not adopted: its convs do stay fast inside the loop on maps of 4×4 and more (below that XLA swaps the
-operands back into a non-canonical form), and a ResNet-18 step then took 25% less CPU time, but the same
-wall time (fewer threads), it compiled no faster in the engine's program, and under ``vmap`` over lanes it
-becomes grouped convolutions (benchmarks/RESULTS.md, "Tried and rejected").
+trip count, impractical for an epoch of ResNet-18 steps) avoids it.
+
+Two lowerings avoid it. ``impl='gemm'`` has no convolution op at all. ``impl='canonical'``
+(:func:`conv_canonical`) keeps XLA's convolution and writes its VJP by hand in the canonical form, doing
+what the pass would have done: the input gradient is the forward conv of the output gradient with the
+kernel flipped and its I/O swapped, the weight gradient a conv whose "batch" is the input's channels and
+whose "kernel" is the output gradient (two transposes). So all three convs of a layer stay YNNPACK fusions
+inside the loop. XLA:CPU keeps them canonical only on maps of at least 4×4 (:data:`CANONICAL_MIN_MAP`; on
+2×2 maps it swaps the weight gradient's operands back, and a chain of four 256-channel convs ran 12× slower
+than GEMM), and for strided convs the gradients need dilations, so ``'canonical'`` uses it for stride-1
+convs on maps ≥ 4×4 (ResNet-18's ``layer1`` and ``layer2`` at 32×32 input) and :func:`conv_gemm` elsewhere.
+Against ``'gemm'`` everywhere, the drop-in's ResNet-18 finetune program (600 images, batch 64, 2-core CPU)
+compiled 0.1–0.4 s faster and ran ~0.1 s (~9%) faster per 10 steps, with less im2col/col2im traffic, so
+``conv='auto'`` resolves to ``'canonical'`` on CPU (benchmarks/RESULTS.md). Under ``vmap`` over lanes with
+per-lane weights its convs become grouped convolutions (on a 2-core CPU two lanes of a 64-channel block
+ran ~1.8× slower than ``'gemm'``); the engine runs one lane per program on a CPU
+(:func:`jax_unlearn.engine.lanes.lanes_per_call`), and ``'gemm'`` remains the lowering for vmapped lanes.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, Sequence
 
 import jax
@@ -54,8 +66,10 @@ from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
-CONV_IMPLS = ("xla", "gemm")
-ConvImpl = Literal["xla", "gemm"]
+CONV_IMPLS = ("xla", "gemm", "canonical")
+ConvImpl = Literal["xla", "gemm", "canonical"]
+CANONICAL_MIN_MAP = 4  # 'canonical' uses XLA's conv on stride-1 convs whose input maps are at least this big
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def check_impl(impl: str) -> str:
@@ -140,6 +154,67 @@ def conv_gemm(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding, 
     return lax.dot_general(cols, k2, (((3,), (0,)), ((), ())), precision=precision)
 
 
+def conv_canonical(x: jax.Array, kernel: jax.Array, padding, precision=None) -> jax.Array:
+    """A stride-1 ``lax.conv_general_dilated(x, kernel, (1, 1), padding)`` in NHWC/HWIO whose VJP is written
+    as two more convolutions in that same canonical layout, so that XLA:CPU runs all three as library
+    (YNNPACK) fusions even inside a ``lax.scan`` (see the module docstring).
+
+    Args:
+      x: (N, H, W, Cin) input.
+      kernel: (kh, kw, Cin, Cout) kernel (HWIO), same dtype as ``x``.
+      padding: 'VALID', 'SAME' or ((top, bottom), (left, right)) zero padding.
+      precision: passed to every ``lax.conv_general_dilated``.
+
+    Returns:
+      (N, Ho, Wo, Cout) with ``Ho = H + top + bottom - kh + 1`` (likewise ``Wo``).
+
+    With ``y = conv(x, w)`` and output gradient ``g``: ``dx = conv(g, flip(w)ᵀ)`` (spatially flipped, I/O
+    swapped, padding ``k - 1 - pad`` on each side) and ``dw[i, j, c, o] = Σ_{n,h,w} xp[n, h+i, w+j, c]
+    g[n, h, w, o]``, the conv of ``x`` laid out as (Cin, H, W, N) with ``g`` as a (Ho, Wo, N, Cout) kernel and
+    the forward's padding, giving (Cin, kh, kw, Cout).
+    """
+    if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"conv_canonical wants NHWC x and HWIO kernel with matching Cin, got {x.shape}, "
+                         f"{kernel.shape}")
+    pads = _pads(padding, kernel.shape[:2], (1, 1), x.shape[1:3])
+    for size, k, pad in zip(x.shape[1:3], kernel.shape[:2], pads):
+        _axis_taps(size, k, 1, pad)  # the window must fit the padded input
+    return _conv_canonical(x, kernel, pads, precision)
+
+
+def _conv(x, kernel, pads, precision):
+    return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_canonical(x, kernel, pads, precision):
+    return _conv(x, kernel, pads, precision)
+
+
+def _conv_canonical_fwd(x, kernel, pads, precision):
+    return _conv(x, kernel, pads, precision), (x, kernel)
+
+
+def _conv_canonical_bwd(pads, precision, res, g):
+    x, kernel = res
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = pads
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # (kh, kw, Cout, Cin)
+    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)), precision)
+    dw = _conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pads, precision)  # (Cin, kh, kw, Cout)
+    return dx, dw.transpose(1, 2, 0, 3)
+
+
+_conv_canonical.defvjp(_conv_canonical_fwd, _conv_canonical_bwd)
+
+
+def uses_xla_conv(impl: str, input_shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether ``impl`` runs a conv of (N, H, W, C) ``input_shape`` with ``strides`` as :func:`conv_canonical`
+    (for ``'canonical'``: stride 1 and maps of at least :data:`CANONICAL_MIN_MAP`); otherwise ``'canonical'``
+    and ``'gemm'`` run :func:`conv_gemm`, and ``'xla'`` runs XLA's conv with JAX's own VJP."""
+    return impl == "canonical" and tuple(strides) == (1, 1) and min(input_shape[1:3]) >= CANONICAL_MIN_MAP
+
+
 class Conv(nn.Module):
     """``nn.Conv(features, kernel_size, strides, padding, use_bias=False)`` with a selectable lowering.
 
@@ -150,7 +225,9 @@ class Conv(nn.Module):
       padding: 'VALID', 'SAME' or ((top, bottom), (left, right)).
       impl: 'xla' — ``lax.conv_general_dilated``, the call ``nn.Conv`` makes (bit-identical to it);
         'gemm' — :func:`conv_gemm` (im2col + one GEMM; no convolution op, so ``vmap`` over lanes with
-        per-lane weights gives batched GEMMs instead of grouped convolutions).
+        per-lane weights gives batched GEMMs instead of grouped convolutions);
+        'canonical' — :func:`conv_canonical` (XLA's conv with a canonical-layout VJP) for stride-1 convs on
+        maps of at least :data:`CANONICAL_MIN_MAP`, :func:`conv_gemm` otherwise (:func:`uses_xla_conv`).
       dtype: compute dtype (None: inferred from input and kernel, as ``nn.Conv``).
       param_dtype, kernel_init, precision: as ``nn.Conv``.
 
@@ -177,7 +254,9 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features),
                             self.param_dtype)
         x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
-        if self.impl == "gemm":
+        if uses_xla_conv(self.impl, x.shape, strides):
+            return conv_canonical(x, kernel, self.padding, self.precision)
+        if self.impl in ("gemm", "canonical"):
             return conv_gemm(x, kernel, strides, self.padding, self.precision)
         padding = self.padding if isinstance(self.padding, str) else _pads(self.padding, kernel_size, strides,
                                                                            x.shape[1:3])

@@ -6,6 +6,8 @@ Lowerings (:data:`CONV_LOWERINGS`; the same function with the same variables, :m
 * ``'xla'`` — ``lax.conv_general_dilated`` everywhere (grouped convolutions under ``vmap`` over lanes);
 * ``'gemm'`` — im2col + one GEMM everywhere: no convolution op anywhere in the vmapped program;
 * ``'gemm-body'`` — GEMM for the blocks, XLA's convolution for the stem (which needs no input gradient);
+* ``'canonical'`` — XLA's convolution with a VJP written in XLA:CPU's canonical layout on stride-1 convs over
+  maps ≥ 4×4, GEMM elsewhere (one model per program: under ``vmap`` over lanes its convs are grouped);
 * ``'auto'`` — :data:`AUTO_LOWERING` for the platform JAX computes on.
 
 Runs record the *resolved* lowering (``config.json["conv"]``), so two runs that must compare never differ
@@ -25,6 +27,7 @@ CONV_LOWERINGS = {
     "xla": ("xla", None),
     "gemm": ("gemm", None),
     "gemm-body": ("gemm", "xla"),
+    "canonical": ("canonical", None),
 }
 CONV_CHOICES = ("auto", *CONV_LOWERINGS)
 
@@ -32,8 +35,10 @@ CONV_CHOICES = ("auto", *CONV_LOWERINGS)
 AUTO_LOWERING = {
     # XLA:CPU, ResNet-18 train step at batch 64 inside one jitted lax.scan (what the engine runs): 14.6 CPU-s
     # for two steps with 'xla' against 0.61 CPU-s with 'gemm' (issue #11; benchmarks/RESULTS.md, "CPU";
-    # the cause is in jax_unlearn/models/conv.py's docstring).
-    "cpu": "gemm",
+    # the cause is in jax_unlearn/models/conv.py's docstring). 'canonical' keeps XLA's conv where its VJP can
+    # be canonical: the drop-in's finetune program compiled and ran faster than with 'gemm', and the Kaggle
+    # notebook loop took 1.47x torch's time against 1.69x (benchmarks/RESULTS.md, 2026-12-05 "canonical").
+    "cpu": "canonical",
     # Not measured on a GPU yet: XLA's convolution (cuDNN) stays the default until benchmarks/gpu_check.py
     # has compared the lowerings at 64 lanes x batch 64 (issue #16).
     "gpu": "xla",

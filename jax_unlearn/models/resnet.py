@@ -61,9 +61,10 @@ class ResNet(nn.Module):
     and ``maxpool = Identity()``.
 
     ``conv_impl`` chooses how every convolution is lowered (:mod:`jax_unlearn.models.conv`): ``'xla'``
-    (``lax.conv_general_dilated``, the default) or ``'gemm'`` (im2col + one GEMM, no convolution op: under
-    ``vmap`` over lanes with per-lane weights, batched GEMMs instead of grouped convolutions). It is the
-    same function either way, with the same variables. ``stem_conv_impl`` overrides it for the stem conv
+    (``lax.conv_general_dilated``, the default), ``'gemm'`` (im2col + one GEMM, no convolution op: under
+    ``vmap`` over lanes with per-lane weights, batched GEMMs instead of grouped convolutions) or
+    ``'canonical'`` (XLA's conv with a canonical-layout VJP where XLA:CPU runs that fast, GEMM elsewhere).
+    It is the same function either way, with the same variables. ``stem_conv_impl`` overrides it for the stem conv
     only; None (default) means "as ``conv_impl``". Our choice is that the stem follows the body: under
     ``vmap`` the stem conv is lane-grouped too (its images and weights both differ per lane), so only with
     the stem in GEMM form is the vmapped program free of grouped convolutions; the price is the stem's

@@ -1,5 +1,6 @@
-"""The GEMM-lowered conv is the same function as XLA's conv: forward, input- and weight-gradients, whole
-ResNets, under vmap over lanes; and the vmapped GEMM program holds no (grouped) convolution."""
+"""The GEMM-lowered and the canonical-VJP convs are the same function as XLA's conv: forward, input- and
+weight-gradients, whole ResNets, under vmap over lanes; the vmapped GEMM program holds no (grouped)
+convolution, and the canonical lowering's convolutions stay canonical inside a ``lax.scan`` on XLA:CPU."""
 import functools
 import re
 
@@ -10,7 +11,8 @@ import optax
 import pytest
 from flax import linen as nn
 
-from jax_unlearn.models import CONV_IMPLS, Conv, ResNet, ResNet18, conv_gemm
+from jax_unlearn.models import CONV_IMPLS, Conv, ResNet, ResNet18, conv_canonical, conv_gemm
+from jax_unlearn.models.conv import uses_xla_conv
 from tiny import quick_init  # tests/ is on sys.path
 from torch_reference import rel_err
 
@@ -30,6 +32,7 @@ SHAPES = {
     "3x3/2 SAME 7x7": (7, 3, 4, 3, 2, "SAME"),
     "3x3 no padding": (4, 3, 4, 3, 1, "VALID"),
     "asymmetric padding": (5, 3, 4, 3, 2, ((0, 2), (2, 1))),
+    "3x3 asymmetric padding 5x5": (5, 3, 4, 3, 1, ((0, 2), (2, 0))),
     "1x1/2 padding only": (1, 2, 3, 1, 2, ((1, 1), (1, 1))),  # every output reads zero padding
 }
 TINY = dict(stage_sizes=(1, 1, 1, 1), num_classes=4, width=4)  # ResNet-18's maps at 32×32: 16, 8, 4, 2, 1
@@ -89,12 +92,13 @@ def test_conv_forward_and_both_gradients_match_brute_force_float64(impl, shape):
             assert rel_err(a, b) <= 1e-12, (name, rel_err(a, b))
 
 
+@pytest.mark.parametrize("impl", ["gemm", "canonical"])
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_gemm_matches_xla_float32(shape):
+def test_gemm_and_canonical_match_xla_float32(impl, shape):
     h, cin, cout, k, stride, padding = SHAPES[shape]
     x, w, g, _ = _inputs(h, cin, cout, k, stride, padding, np.float32, seed=1)
     run = jax.jit(_conv_and_grads, static_argnums=(0, 3, 4))
-    got, want = run("gemm", x, w, stride, padding, g), run("xla", x, w, stride, padding, g)
+    got, want = run(impl, x, w, stride, padding, g), run("xla", x, w, stride, padding, g)
     for name, a, b in zip(("forward", "d input", "d kernel"), got, want):
         assert a.dtype == jnp.float32 and a.shape == b.shape, name
         assert rel_err(a, b) <= 1e-5, (name, rel_err(a, b))
@@ -115,9 +119,10 @@ def test_xla_impl_is_nn_conv_bit_for_bit_and_gemm_has_the_same_variables():
     v = Conv(5, (3, 3), (1, 1), ((1, 1), (1, 1))).init(jax.random.key(1), x)
     y16 = {impl: Conv(5, (3, 3), (1, 1), ((1, 1), (1, 1)), impl=impl, dtype=jnp.bfloat16).apply(v, x)
            for impl in CONV_IMPLS}
-    assert y16["gemm"].dtype == y16["xla"].dtype == jnp.bfloat16
+    assert y16["gemm"].dtype == y16["canonical"].dtype == y16["xla"].dtype == jnp.bfloat16
     assert v["params"]["kernel"].dtype == jnp.float32
     assert rel_err(y16["gemm"], y16["xla"]) < 2e-2  # bf16 rounding of the outputs, nothing more
+    np.testing.assert_array_equal(y16["canonical"], y16["xla"])  # the very same convolution forward
 
 
 def test_bad_impl_and_bad_shapes_fail_clearly():
@@ -130,6 +135,24 @@ def test_bad_impl_and_bad_shapes_fail_clearly():
         conv_gemm(x, jnp.zeros((7, 7, 3, 2)), (1, 1), "VALID")
     with pytest.raises(ValueError, match="NHWC"):
         conv_gemm(x, jnp.zeros((3, 3, 4, 2)), (1, 1), "SAME")
+    with pytest.raises(ValueError, match="does not fit"):
+        conv_canonical(x, jnp.zeros((7, 7, 3, 2)), "VALID")
+    with pytest.raises(ValueError, match="NHWC"):
+        conv_canonical(x, jnp.zeros((3, 3, 4, 2)), "SAME")
+
+
+def test_canonical_uses_xla_conv_only_for_stride_1_on_maps_of_4x4_and_more():
+    def convolutions(h, stride):
+        x = jnp.zeros((1, h, h, 3))
+        conv = Conv(2, (3, 3), (stride, stride), ((1, 1), (1, 1)), impl="canonical")
+        variables = conv.init(jax.random.key(0), x)
+        loss = jax.value_and_grad(lambda v, x: jnp.sum(conv.apply(v, x) ** 2), argnums=(0, 1))
+        return _convolutions(jax.jit(loss).lower(variables, x).as_text())
+
+    assert len(convolutions(4, 1)) == 3  # forward, input gradient, weight gradient
+    assert convolutions(2, 1) == convolutions(8, 2) == []  # GEMM: no convolution op
+    assert uses_xla_conv("canonical", (1, 4, 5, 3), (1, 1)) and not uses_xla_conv("canonical", (1, 3, 8, 3), (1, 1))
+    assert not uses_xla_conv("gemm", (1, 8, 8, 3), (1, 1)) and not uses_xla_conv("xla", (1, 8, 8, 3), (1, 1))
 
 
 def test_gemm_under_vmap_equals_the_per_lane_loop():
@@ -192,10 +215,10 @@ def _random_stats(variables, seed):
 @pytest.mark.parametrize("stem,size,stem_impl,dtype,tol", [
     ("imagenet", 32, None, "float32", 1e-5), ("imagenet", 32, None, "float64", 1e-12),
     ("imagenet", 32, "xla", "float32", 1e-5), ("cifar", 8, None, "float64", 1e-12)])
-def test_tiny_resnet_gemm_equals_xla_forward_and_sgd_step(stem, size, stem_impl, dtype, tol):
+def test_tiny_resnet_gemm_and_canonical_equal_xla_forward_and_sgd_step(stem, size, stem_impl, dtype, tol):
     with jax.enable_x64(dtype == "float64"):
         models = {impl: ResNet(**TINY, stem=stem, dtype=jnp.dtype(dtype), conv_impl=impl,
-                               stem_conv_impl=stem_impl if impl == "gemm" else None) for impl in CONV_IMPLS}
+                               stem_conv_impl=stem_impl if impl != "xla" else None) for impl in CONV_IMPLS}
         variables = {impl: quick_init(m, jax.random.key(4), size) for impl, m in models.items()}
         _assert_trees_close(variables["gemm"], variables["xla"], 0.0)  # same tree, same initial values
         v = jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
@@ -203,12 +226,15 @@ def test_tiny_resnet_gemm_equals_xla_forward_and_sgd_step(stem, size, stem_impl,
         rng = np.random.default_rng(6)
         x = jnp.asarray(rng.normal(size=(6, size, size, 3)), dtype)
         y = jnp.asarray(rng.integers(0, 4, 6))
-        got, want = (jax.jit(functools.partial(_eval_and_step, models[impl]))(v, x, y) for impl in ("gemm", "xla"))
-        assert got[0].dtype == jnp.dtype(dtype)
-        _assert_trees_close(got, want, tol)
+        run = {impl: jax.jit(functools.partial(_eval_and_step, models[impl])) for impl in CONV_IMPLS}
+        want = run["xla"](v, x, y)
+        for impl in ("gemm", "canonical"):
+            got = run[impl](v, x, y)
+            assert got[0].dtype == jnp.dtype(dtype)
+            _assert_trees_close(got, want, tol)
 
 
-def test_resnet18_gemm_equals_xla_forward_and_sgd_step_float32():
+def test_resnet18_gemm_and_canonical_equal_xla_forward_and_sgd_step_float32():
     """The real ResNet-18 (imagenet stem, 32×32: maps 16, 8, 4, 2, 1) at batch 16, as the torch parity test.
 
     Not smaller: train-mode BN over the 1×1 maps normalises N values per channel, and at N = 4 the step is
@@ -220,8 +246,9 @@ def test_resnet18_gemm_equals_xla_forward_and_sgd_step_float32():
     rng = np.random.default_rng(9)
     x = jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, 16))
-    got, want = (jax.jit(functools.partial(_eval_and_step, models[impl]))(variables, x, y) for impl in ("gemm", "xla"))
-    _assert_trees_close(got, want, 1e-5)
+    want = jax.jit(functools.partial(_eval_and_step, models["xla"]))(variables, x, y)
+    for impl in ("gemm", "canonical"):
+        _assert_trees_close(jax.jit(functools.partial(_eval_and_step, models[impl]))(variables, x, y), want, 1e-5)
 
 
 # ------------------------------------------------------------------------------------- vmap over lanes
@@ -280,6 +307,29 @@ def test_vmapped_gemm_program_has_no_grouped_convolution_while_xla_has():
     assert stem and all(g == 3 for g in groups["gemm, xla stem"]) and len(stem) < len(_convolutions(texts["xla"]))
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's convolution canonicalisation")
+def test_canonical_convolutions_stay_canonical_inside_a_scan_on_cpu():
+    """The premise of 'canonical': inside a jitted ``lax.scan`` of train steps, XLA:CPU's optimised program
+    holds only convolutions in the canonical ``b01f_01io->b01f`` form (run as library fusions), while with
+    'xla' the backward convolutions keep other layouts (and are emitted as elemental loops)."""
+    variables, x, y = _lanes(13)
+    variables, x, y = jax.tree_util.tree_map(lambda a: a[0], (variables, x, y))
+
+    def labels(impl):
+        step = _lane_step(ResNet(**TINY, conv_impl=impl))
+
+        def body(v, _):
+            _, params, stats = step(v, x, y)
+            return {"params": params, "batch_stats": stats}, None
+
+        scan = jax.jit(lambda v: jax.lax.scan(body, v, None, length=2)[0])
+        return re.findall(r" convolution\(.*dim_labels=([^,\s]+)", scan.lower(variables).compile().as_text())
+
+    canonical, xla = labels("canonical"), labels("xla")
+    assert canonical and set(canonical) == {"b01f_01io->b01f"}
+    assert set(xla) - {"b01f_01io->b01f"}
+
+
 # ------------------------------------------------------------------------ GPU (skipped without one)
 
 
@@ -288,7 +338,7 @@ def test_resnet18_gemm_equals_xla_on_gpu_at_highest_precision():
     """On a GPU, fp32 convs and dots may run in TF32 at default precision, differently for cuDNN and
     cuBLAS; at 'highest' both are true fp32, and the two lowerings must agree as on CPU."""
     with jax.default_matmul_precision("highest"):
-        test_resnet18_gemm_equals_xla_forward_and_sgd_step_float32()
+        test_resnet18_gemm_and_canonical_equal_xla_forward_and_sgd_step_float32()
 
 
 @pytest.mark.gpu
