@@ -9,7 +9,8 @@ S times as
 * ``fori``:   ``jit(lax.fori_loop(step))`` — the same while loop, written differently;
 * ``unroll``: ``jit(lax.scan(step, unroll=S))`` — one program, no while loop (S copies of the step);
 
-for ``--conv xla`` (``lax.conv_general_dilated``) and ``gemm`` (im2col + GEMM, jax_unlearn.models.conv).
+for ``--conv xla`` (``lax.conv_general_dilated``), ``gemm`` (im2col + GEMM) and ``canonical`` (XLA's conv
+with a canonical-layout VJP; jax_unlearn.models.conv).
 Each variant is compiled and run once (warm-up), then timed ``--repeats`` times with ``block_until_ready``;
 printed: the median wall seconds and process CPU seconds (``time.process_time``: all threads) per step.
 
@@ -92,7 +93,7 @@ def time_variant(fn, state, xs, repeats: int) -> tuple[float, float, float]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("block", "resnet18"), default="block")
-    p.add_argument("--conv", default="xla,gemm", help="comma-separated lowerings")
+    p.add_argument("--conv", default="xla,gemm,canonical", help="comma-separated lowerings (conv impls)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     p.add_argument("--steps", type=int, default=4, help="S: steps per call")
     p.add_argument("--batch", type=int, default=64)

@@ -34,8 +34,9 @@ def model_args(p: argparse.ArgumentParser, with_arch: bool = True) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     p.add_argument("--conv", choices=CONV_CHOICES, default="auto",
                    help="how convolutions are lowered (the same function and weights either way): 'auto' picks "
-                        "the fastest measured on this platform (gemm on CPU, xla on GPU); XLA's convolution; "
-                        "im2col + GEMM everywhere; im2col + GEMM except the stem")
+                        "the fastest measured on this platform (canonical on CPU, xla on GPU); XLA's convolution; "
+                        "im2col + GEMM everywhere; im2col + GEMM except the stem; XLA's convolution with a "
+                        "canonical-layout backward pass where XLA:CPU runs that fast, GEMM elsewhere")
     if with_arch:
         arch_arg(p)
 

@@ -48,9 +48,10 @@ inside the loop. XLA:CPU keeps them canonical only on maps of at least 4×4 (:da
 2×2 maps it swaps the weight gradient's operands back, and a chain of four 256-channel convs ran 12× slower
 than GEMM), and for strided convs the gradients need dilations, so ``'canonical'`` uses it for stride-1
 convs on maps ≥ 4×4 (ResNet-18's ``layer1`` and ``layer2`` at 32×32 input) and :func:`conv_gemm` elsewhere.
-Against ``'gemm'`` everywhere, the drop-in's ResNet-18 finetune program (600 images, batch 64, 2-core CPU)
-compiled 0.1–0.4 s faster and ran ~0.1 s (~9%) faster per 10 steps, with less im2col/col2im traffic, so
-``conv='auto'`` resolves to ``'canonical'`` on CPU (benchmarks/RESULTS.md). Under ``vmap`` over lanes with
+Against ``'gemm'`` everywhere, the drop-in's ResNet-18 finetune program (batch 64, 2-core CPU, both programs
+in one process, interleaved) ran 1.21 s against 1.35 s for 10 steps and 4.84 s against 5.35 s for 47, used
+~18% less CPU time (less im2col/col2im traffic) and compiled ~0.8 s faster, so ``conv='auto'`` resolves to
+``'canonical'`` on CPU (benchmarks/RESULTS.md, 2026-12-05). Under ``vmap`` over lanes with
 per-lane weights its convs become grouped convolutions (on a 2-core CPU two lanes of a 64-channel block
 ran ~1.8× slower than ``'gemm'``); the engine runs one lane per program on a CPU
 (:func:`jax_unlearn.engine.lanes.lanes_per_call`), and ``'gemm'`` remains the lowering for vmapped lanes.

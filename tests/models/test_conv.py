@@ -334,7 +334,7 @@ def test_canonical_convolutions_stay_canonical_inside_a_scan_on_cpu():
 
 
 @pytest.mark.gpu
-def test_resnet18_gemm_equals_xla_on_gpu_at_highest_precision():
+def test_resnet18_gemm_and_canonical_equal_xla_on_gpu_at_highest_precision():
     """On a GPU, fp32 convs and dots may run in TF32 at default precision, differently for cuDNN and
     cuBLAS; at 'highest' both are true fp32, and the two lowerings must agree as on CPU."""
     with jax.default_matmul_precision("highest"):
