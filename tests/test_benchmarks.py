@@ -106,10 +106,10 @@ def test_throughput_quick_writes_json_markdown_and_plot(tmp_path):
     assert len(row["timing"]["times_s"]) == 2
     assert on_disk["config"]["steps"] == 2 and on_disk["device_info"]["backend"] == "cpu"
     assert "target_64x64_bf16" not in on_disk
-    # --conv defaults to 'auto', recorded resolved in the rows: the platform's lowering (gemm on CPU).
-    assert row["conv"] == "gemm" and row["lane_map"] == 0 and row["donate"] is True
+    # --conv defaults to 'auto', recorded resolved in the rows: the platform's lowering (canonical on CPU).
+    assert row["conv"] == "canonical" and row["lane_map"] == 0 and row["donate"] is True
     assert on_disk["config"]["conv"] == ["auto"] and on_disk["config"]["lane_map"] == [0]
-    assert "| gemm | float32 | 8 | 2 | — | 16 |" in out.with_suffix(".md").read_text()
+    assert "| canonical | float32 | 8 | 2 | — | 16 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 1000
 
 

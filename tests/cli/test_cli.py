@@ -65,17 +65,18 @@ def test_methods_lists_every_method_of_the_library(capsys, markdown):
     assert sorted(listed) == sorted(ISSUE_METHODS)
 
 
-@pytest.mark.parametrize("conv", ["xla", "gemm", "gemm-body", "auto"])
+@pytest.mark.parametrize("conv", ["xla", "gemm", "gemm-body", "canonical", "auto"])
 def test_conv_flag_picks_the_lowering(conv, capsys):
     from jax_unlearn.cli.model import build_model, model_args
 
     p = argparse.ArgumentParser()
     model_args(p)
     model = build_model(p.parse_args(["--conv", conv, "--dtype", "bfloat16"]), 10)
-    assert (model.conv_impl, model.stem_conv_impl, model.dtype) == {  # auto: gemm on this CPU
-        "xla": ("xla", None), "gemm": ("gemm", None), "gemm-body": ("gemm", "xla"), "auto": ("gemm", None),
+    assert (model.conv_impl, model.stem_conv_impl, model.dtype) == {  # auto: canonical on this CPU
+        "xla": ("xla", None), "gemm": ("gemm", None), "gemm-body": ("gemm", "xla"),
+        "canonical": ("canonical", None), "auto": ("canonical", None),
     }[conv] + (jnp.bfloat16,)
-    resolved = "gemm" if conv == "auto" else conv
+    resolved = "canonical" if conv == "auto" else conv
     assert f"conv lowering: {resolved}" in capsys.readouterr().out  # the resolved lowering is printed
     with pytest.raises(SystemExit):
         p.parse_args(["--conv", "winograd"])
@@ -89,7 +90,8 @@ def test_every_command_that_trains_takes_dtype_and_conv(command):
     p = argparse.ArgumentParser()
     add_arguments(p)
     dests = {a.dest: a for a in p._actions}
-    assert dests["conv"].choices == ("auto", "xla", "gemm", "gemm-body") and dests["conv"].default == "auto"
+    assert dests["conv"].choices == ("auto", "xla", "gemm", "gemm-body", "canonical")
+    assert dests["conv"].default == "auto"
     assert dests["dtype"].default == "float32"
     assert ("arch" in dests) == (command != "demo")  # the demo exports .pth files: ResNet-18 only
     if command != "demo":
