@@ -38,7 +38,7 @@ AUTO_LOWERING = {
     # the cause is in jax_unlearn/models/conv.py's docstring). 'canonical' keeps XLA's conv where its VJP can
     # be canonical: the drop-in's finetune program ran 11% faster than with 'gemm' (1.21 s against 1.35 s a
     # run, one process, interleaved) and compiled faster, and the Kaggle notebook loop's unlearning_many went
-    # from 1.69x torch's time to 1.50x (benchmarks/RESULTS.md, 2026-12-05 "canonical").
+    # from 1.69x torch's time to 1.36-1.50x (benchmarks/RESULTS.md, 2026-12-05 "canonical").
     "cpu": "canonical",
     # Not measured on a GPU yet: XLA's convolution (cuDNN) stays the default until benchmarks/gpu_check.py
     # has compared the lowerings at 64 lanes x batch 64 (issue #16).
