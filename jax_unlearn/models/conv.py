@@ -44,10 +44,11 @@ Two lowerings avoid it. ``impl='gemm'`` has no convolution op at all. ``impl='ca
 what the pass would have done: the input gradient is the forward conv of the output gradient with the
 kernel flipped and its I/O swapped, the weight gradient a conv whose "batch" is the input's channels and
 whose "kernel" is the output gradient (two transposes). So all three convs of a layer stay YNNPACK fusions
-inside the loop. XLA:CPU keeps them canonical only on maps of at least 4×4 (:data:`CANONICAL_MIN_MAP`; on
-2×2 maps it swaps the weight gradient's operands back, and a chain of four 256-channel convs ran 12× slower
-than GEMM), and for strided convs the gradients need dilations, so ``'canonical'`` uses it for stride-1
-convs on maps ≥ 4×4 (ResNet-18's ``layer1`` and ``layer2`` at 32×32 input) and :func:`conv_gemm` elsewhere.
+inside the loop. That is fast only on maps of at least 4×4 (:data:`CANONICAL_MIN_MAP`): on 2×2 maps even
+the forward conv alone was slow inside the loop, and a chain of four 256-channel convs ran 12× slower than
+GEMM. For strided convs the gradients need dilations (the 7×7/2 stem ran slower that way). So
+``'canonical'`` uses it for stride-1 convs on maps ≥ 4×4 (at 32×32 input, ResNet-18's ``layer1`` and
+``layer2`` but its first conv) and :func:`conv_gemm` elsewhere.
 Against ``'gemm'`` everywhere, the drop-in's ResNet-18 finetune program (batch 64, 2-core CPU, both programs
 in one process, interleaved) ran 1.21 s against 1.35 s for 10 steps and 4.84 s against 5.35 s for 47, used
 ~18% less CPU time (less im2col/col2im traffic) and compiled ~0.8 s faster, so ``conv='auto'`` resolves to
@@ -209,7 +210,7 @@ def _conv_canonical_bwd(pads, precision, res, g):
 _conv_canonical.defvjp(_conv_canonical_fwd, _conv_canonical_bwd)
 
 
-def uses_xla_conv(impl: str, input_shape: Sequence[int], strides: Sequence[int]) -> bool:
+def uses_conv_canonical(impl: str, input_shape: Sequence[int], strides: Sequence[int]) -> bool:
     """Whether ``impl`` runs a conv of (N, H, W, C) ``input_shape`` with ``strides`` as :func:`conv_canonical`
     (for ``'canonical'``: stride 1 and maps of at least :data:`CANONICAL_MIN_MAP`); otherwise ``'canonical'``
     and ``'gemm'`` run :func:`conv_gemm`, and ``'xla'`` runs XLA's conv with JAX's own VJP."""
@@ -228,7 +229,7 @@ class Conv(nn.Module):
         'gemm' — :func:`conv_gemm` (im2col + one GEMM; no convolution op, so ``vmap`` over lanes with
         per-lane weights gives batched GEMMs instead of grouped convolutions);
         'canonical' — :func:`conv_canonical` (XLA's conv with a canonical-layout VJP) for stride-1 convs on
-        maps of at least :data:`CANONICAL_MIN_MAP`, :func:`conv_gemm` otherwise (:func:`uses_xla_conv`).
+        maps of at least :data:`CANONICAL_MIN_MAP`, :func:`conv_gemm` otherwise (:func:`uses_conv_canonical`).
       dtype: compute dtype (None: inferred from input and kernel, as ``nn.Conv``).
       param_dtype, kernel_init, precision: as ``nn.Conv``.
 
@@ -255,7 +256,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features),
                             self.param_dtype)
         x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
-        if uses_xla_conv(self.impl, x.shape, strides):
+        if uses_conv_canonical(self.impl, x.shape, strides):
             return conv_canonical(x, kernel, self.padding, self.precision)
         if self.impl in ("gemm", "canonical"):
             return conv_gemm(x, kernel, strides, self.padding, self.precision)
